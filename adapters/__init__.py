@@ -1,0 +1,1 @@
+"""Drop-in rerankiing wrappers of the official Elasticsearch and OpenSearch clients."""

@@ -1,0 +1,137 @@
+"""What every wrapped client shares: its rerank state, and the engine I/O of one call."""
+
+from __future__ import annotations
+
+import threading
+from typing import Any, TypeAlias
+
+from crossrank.reranker.config import RerankConfig
+from crossrank.reranker.scoring import Scorer
+
+from ._flow import PASSTHROUGH, EngineCall, Flow, msearch_flow, search_flow
+
+__all__ = ["EngineCalls", "RerankOption", "RerankState", "RerankingClient"]
+
+#: Per-call control: ``None`` (client defaults), ``False`` (off), a dict or a config.
+RerankOption: TypeAlias = bool | dict[str, Any] | RerankConfig | None
+
+
+class RerankState:
+    """A client's default :class:`RerankConfig` and its (lazily loaded) scorer."""
+
+    def __init__(self, config: RerankConfig | dict[str, Any] | None, scorer: Scorer | None) -> None:
+        if isinstance(config, dict):
+            config = RerankConfig.model_validate(config)
+        self.config: RerankConfig = config or RerankConfig()
+        self._scorer = scorer
+        self._lock = threading.Lock()
+
+    @property
+    def scorer(self) -> Scorer:
+        """The scorer; a :class:`~crossrank.reranker.LocalScorer` of ``config.model``
+        is loaded on first use when none was given."""
+        if self._scorer is None:
+            with self._lock:
+                if self._scorer is None:
+                    from crossrank.reranker.local import LocalScorer
+
+                    self._scorer = LocalScorer(self.config)
+        return self._scorer
+
+    def config_for(self, option: RerankOption) -> RerankConfig:
+        """The configuration of one call."""
+        if option is None or option is True:
+            return self.config
+        if option is False:
+            return self.config.model_copy(update={"enabled": False})
+        return self.config.with_options(option)
+
+
+class EngineCalls:
+    """The engine I/O of one wrapped call.
+
+    ``original`` is the caller's keyword arguments, sent as they are for passthrough;
+    ``rest`` is what accompanies a rewritten body. Keeps the last response so the result
+    can be returned as the client's own response type.
+    """
+
+    def __init__(
+        self, method: Any, original: dict[str, Any], rest: dict[str, Any], body_arg: str = "body"
+    ) -> None:
+        self.method, self.original, self.rest, self.body_arg = method, original, rest, body_arg
+        self.last: Any = None
+
+    def _args(self, call: EngineCall) -> dict[str, Any]:
+        if call.original:
+            return self.original
+        return {**self.rest, self.body_arg: call.body}
+
+    def body_of(self, response: Any) -> Any:
+        """The JSON body of a client response (the response itself for plain dicts)."""
+        return response
+
+    def wrap(self, body: dict[str, Any], response: Any) -> Any:
+        """A rewritten body in the client's response type."""
+        return body
+
+    def sync(self, call: EngineCall) -> Any:
+        self.last = self.method(**self._args(call))
+        return self.body_of(self.last)
+
+    async def async_(self, call: EngineCall) -> Any:
+        self.last = await self.method(**self._args(call))
+        return self.body_of(self.last)
+
+    def result(self, out: Any) -> Any:
+        """The engine's own response for passthrough, else the rewritten one."""
+        return self.last if out is PASSTHROUGH else self.wrap(out, self.last)
+
+
+class RerankingClient:
+    """Mixin: reranking state and the flows of ``search``/``msearch``.
+
+    A client module supplies how its call's keyword arguments split into body, URL
+    parameters and the rest (``_split_search``, ``_split_msearch``) and its ``_calls`` type.
+    """
+
+    _rerank: RerankState
+    _calls: type[EngineCalls] = EngineCalls
+
+    def _init_rerank(
+        self, rerank: RerankConfig | dict[str, Any] | None, scorer: Scorer | None
+    ) -> None:
+        self._rerank = RerankState(rerank, scorer)
+
+    @property
+    def rerank_config(self) -> RerankConfig:
+        """The client's default rerank configuration."""
+        return self._rerank.config
+
+    @property
+    def scorer(self) -> Scorer:
+        """The client's scorer."""
+        return self._rerank.scorer
+
+    @staticmethod
+    def _split_search(kwargs: dict[str, Any]) -> tuple[Any, dict[str, Any], dict[str, Any]]:
+        """(body, URL parameters by engine name, arguments to send with a rewritten body)."""
+        raise NotImplementedError
+
+    @staticmethod
+    def _split_msearch(kwargs: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
+        """(body, arguments to send with a rewritten body)."""
+        raise NotImplementedError
+
+    def _search_flow(
+        self, method: Any, rerank: RerankOption, kwargs: dict[str, Any]
+    ) -> tuple[Flow, EngineCalls]:
+        body, params, rest = self._split_search(kwargs)
+        flow = search_flow(body, params, self._rerank.config_for(rerank))
+        return flow, self._calls(method, kwargs, rest)
+
+    def _msearch_flow(
+        self, method: Any, rerank: RerankOption, kwargs: dict[str, Any]
+    ) -> tuple[Flow, EngineCalls]:
+        body, rest = self._split_msearch(kwargs)
+        flow = msearch_flow(body, self._rerank.config_for(rerank))
+        return flow, self._calls(method, kwargs, rest)

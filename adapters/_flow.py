@@ -1,0 +1,182 @@
+"""Reranking as one flow, driven by thin sync and async shells.
+
+A flow is a generator that yields the I/O it needs (:class:`EngineCall`, :class:`ScoreCall`)
+and receives the results; :func:`run_sync` and :func:`run_async` perform that I/O. The
+decisions live once, in the flow and in :mod:`._search`; the wrappers of each client only
+supply the two I/O callables.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Awaitable, Callable, Generator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from crossrank.reranker.config import RerankConfig
+from crossrank.reranker.errors import QueryTextError, RerankOptionsError, ScorerError
+from crossrank.reranker.scoring import Scorer, ScoreRequest, ScoreResult
+
+from ._search import SearchPlan, error_item, fallback_response, finish_search, plan_search
+
+__all__ = [
+    "PASSTHROUGH",
+    "EngineCall",
+    "ScoreCall",
+    "msearch_flow",
+    "run_async",
+    "run_sync",
+    "search_flow",
+]
+
+
+@dataclass
+class EngineCall:
+    """Send this body (with ``drop_params`` removed from the URL parameters) to the engine."""
+
+    body: Any
+    drop_params: tuple[str, ...] = ()
+    #: Send the caller's request exactly as given (the response will be returned untouched).
+    original: bool = False
+
+
+@dataclass
+class ScoreCall:
+    """Score these requests together."""
+
+    requests: Sequence[ScoreRequest]
+
+
+class _Passthrough:
+    def __repr__(self) -> str:
+        return "PASSTHROUGH"
+
+
+#: Returned by a flow when the engine's response must be returned exactly as it came.
+PASSTHROUGH = _Passthrough()
+
+Call = EngineCall | ScoreCall
+Flow = Generator[Call, Any, Any]
+
+
+def _score(config: RerankConfig, requests: Sequence[ScoreRequest]) -> Generator[Call, Any, Any]:
+    """Yield a ScoreCall; return (results or the error text, elapsed ms)."""
+    start = time.perf_counter()
+    try:
+        results: list[ScoreResult] = yield ScoreCall(requests)
+    except Exception as exc:
+        if config.on_scorer_error == "raise":
+            if isinstance(exc, ScorerError):
+                raise
+            raise ScorerError(f"scoring failed: {exc}") from exc
+        return f"{type(exc).__name__}: {exc}", (time.perf_counter() - start) * 1000
+    return results, (time.perf_counter() - start) * 1000
+
+
+def search_flow(
+    body: Mapping[str, Any] | None, params: Mapping[str, Any], config: RerankConfig
+) -> Flow:
+    """One ``_search``: plan, fetch the window, score, rewrite."""
+    plan = plan_search(body, params, config)
+    if not plan.rerank:
+        yield EngineCall(body, original=True)
+        return PASSTHROUGH
+    response = yield EngineCall(plan.body, plan.drop_params)
+    request = plan.score_request(response)
+    results, ms = yield from _score(config, [request])
+    if isinstance(results, str):
+        return fallback_response(plan, response, results)
+    return finish_search(plan, response, results[0], ms)
+
+
+def parse_msearch(body: Any) -> list[dict[str, Any]]:
+    """Header/body lines of an ``_msearch`` body given as a list, NDJSON text or bytes."""
+    if isinstance(body, (bytes, bytearray)):
+        body = body.decode()
+    if isinstance(body, str):
+        return [json.loads(line) for line in body.splitlines() if line.strip()]
+    return [dict(item) if isinstance(item, Mapping) else item for item in body]
+
+
+def msearch_flow(body: Any, config: RerankConfig) -> Flow:
+    """One ``_msearch``: every item planned, all pairs scored together, items rewritten.
+
+    An item whose query text cannot be found gets an engine-style error of its own; the
+    other items are unaffected. Items the engine answered with an error pass through.
+    """
+    lines = parse_msearch(body)
+    if len(lines) % 2:
+        raise RerankOptionsError("msearch body must be header/body pairs")
+    plans: list[SearchPlan | dict[str, Any]] = []
+    out_lines: list[Any] = []
+    for header, item in zip(lines[::2], lines[1::2]):
+        try:
+            plan: SearchPlan | dict[str, Any] = plan_search(item, {}, config)
+        except (QueryTextError, RerankOptionsError) as exc:
+            plan = error_item(400, "illegal_argument_exception", str(exc))
+        plans.append(plan)
+        sent = plan.body if isinstance(plan, SearchPlan) else item
+        out_lines += [header, sent]
+    if not any(isinstance(p, SearchPlan) and p.rerank for p in plans):
+        if all(isinstance(p, SearchPlan) for p in plans):
+            yield EngineCall(body, original=True)
+            return PASSTHROUGH
+    response = yield EngineCall(out_lines)
+    items = list(response.get("responses", []))
+    scored: list[tuple[int, SearchPlan, ScoreRequest]] = []
+    for i, plan in enumerate(plans):
+        if isinstance(plan, dict):
+            items[i] = plan
+        elif plan.rerank and "error" not in items[i]:
+            scored.append((i, plan, plan.score_request(items[i])))
+    if scored:
+        results, ms = yield from _score(config, [req for _, _, req in scored])
+        for k, (i, plan, _) in enumerate(scored):
+            if isinstance(results, str):
+                status = items[i].get("status")
+                items[i] = fallback_response(plan, items[i], results)
+            else:
+                status = items[i].get("status")
+                items[i] = finish_search(plan, items[i], results[k], ms)
+            if status is not None:
+                items[i]["status"] = status
+    return {**response, "responses": items}
+
+
+def run_sync(flow: Flow, engine: Callable[[EngineCall], Any], scorer: Scorer) -> Any:
+    """Drive ``flow`` with blocking I/O."""
+    try:
+        call = next(flow)
+        while True:
+            if isinstance(call, EngineCall):
+                call = flow.send(engine(call))
+                continue
+            try:
+                results = scorer.score(call.requests)
+            except Exception as exc:
+                call = flow.throw(exc)
+            else:
+                call = flow.send(results)
+    except StopIteration as stop:
+        return stop.value
+
+
+async def run_async(
+    flow: Flow, engine: Callable[[EngineCall], Awaitable[Any]], scorer: Scorer
+) -> Any:
+    """Drive ``flow`` with async I/O."""
+    try:
+        call = next(flow)
+        while True:
+            if isinstance(call, EngineCall):
+                call = flow.send(await engine(call))
+                continue
+            try:
+                results = await scorer.ascore(call.requests)
+            except Exception as exc:
+                call = flow.throw(exc)
+            else:
+                call = flow.send(results)
+    except StopIteration as stop:
+        return stop.value

@@ -1,0 +1,219 @@
+"""Request and response rewriting for reranked searches: pure functions over dicts.
+
+Semantics follow Elasticsearch's ``rank_window_size``: the engine's top ``window`` hits are
+fetched (from 0, ``max(window, from + size)`` of them), reranked, and the caller's
+``from``/``size`` is applied to the reranked list; hits past the window keep engine order.
+Requests whose order is not the relevance score (``size: 0``, a non-``_score`` ``sort``,
+``search_after``, ``scroll``, ``pit``) or whose page starts past the window are sent as they
+are and their responses returned untouched.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from crossrank.reranker.config import RerankConfig
+from crossrank.reranker.inputs import document_text, query_text_for
+from crossrank.reranker.scoring import ScoreRequest, ScoreResult
+
+__all__ = [
+    "RERANK_KEY",
+    "SearchPlan",
+    "error_item",
+    "fallback_response",
+    "finish_search",
+    "plan_search",
+]
+
+#: Key added to the response (summary) and to each reranked hit (engine score and rank).
+RERANK_KEY = "_rerank"
+_DEFAULT_SIZE = 10
+
+
+def _as_int(value: Any, name: str) -> int:
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        from crossrank.reranker.errors import RerankOptionsError
+
+        raise RerankOptionsError(f"[{name}] must be an integer, got [{value}]") from None
+
+
+def _is_score_sort(sort: Any) -> bool:
+    """True when ``sort`` orders by relevance alone (``_score``, descending)."""
+    items = sort if isinstance(sort, list) else [sort]
+    for item in items:
+        if isinstance(item, str):
+            name, _, order = item.partition(":")
+            if name != "_score" or order not in ("", "desc"):
+                return False
+        elif isinstance(item, Mapping) and len(item) == 1 and "_score" in item:
+            spec = item["_score"]
+            order = spec.get("order", "desc") if isinstance(spec, Mapping) else spec
+            if order != "desc":
+                return False
+        else:
+            return False
+    return True
+
+
+def _passthrough_reason(
+    body: Mapping[str, Any], params: Mapping[str, Any], size: int
+) -> str | None:
+    if size == 0:
+        return "size=0"
+    if params.get("scroll") is not None or "scroll" in body:
+        return "scroll"
+    if "pit" in body:
+        return "pit"
+    if "search_after" in body:
+        return "search_after"
+    sort = params.get("sort", body.get("sort"))
+    if sort is not None and not _is_score_sort(sort):
+        return "sort"
+    return None
+
+
+@dataclass
+class SearchPlan:
+    """What to send to the engine, and what the caller asked for."""
+
+    config: RerankConfig
+    body: dict[str, Any]
+    drop_params: tuple[str, ...] = ()
+    passthrough: str | None = None
+    query_text: str = ""
+    offset: int = 0
+    size: int = _DEFAULT_SIZE
+    missing_fields: int = field(default=0)
+
+    @property
+    def rerank(self) -> bool:
+        return self.passthrough is None
+
+    def score_request(self, response: Mapping[str, Any]) -> ScoreRequest:
+        """The (query, documents) to score, built from the window of ``response``."""
+        hits = response.get("hits", {}).get("hits", [])[: self.config.window]
+        docs = [document_text(hit, self.config) for hit in hits]
+        self.missing_fields = sum(d.missing for d in docs)
+        return ScoreRequest(self.query_text, [d.text for d in docs])
+
+
+def plan_search(
+    body: Mapping[str, Any] | None, params: Mapping[str, Any], config: RerankConfig
+) -> SearchPlan:
+    """Decide whether and how to rerank a search given its body and URL parameters.
+
+    ``params`` uses the engine's URL parameter names (``from``, ``size``, ``q``, ``sort``,
+    ``scroll``); URL values win over body values, as in the engines.
+    Raises :class:`~crossrank.reranker.QueryTextError` when no query text can be found.
+    """
+    body = dict(body or {})
+    if not config.enabled:
+        return SearchPlan(config, body, passthrough="disabled")
+    size = _as_int(params.get("size", body.get("size", _DEFAULT_SIZE)), "size")
+    offset = _as_int(params.get("from", body.get("from", 0)), "from")
+    reason = _passthrough_reason(body, params, size)
+    if reason is None and offset >= config.window:
+        reason = "beyond_window"
+    if reason is not None:
+        return SearchPlan(config, body, passthrough=reason, offset=offset, size=size)
+    query_text = query_text_for(body, params.get("q"), config)
+    body["from"] = 0
+    body["size"] = max(config.window, offset + size)
+    return SearchPlan(
+        config,
+        body,
+        drop_params=("from", "size"),
+        query_text=query_text,
+        offset=offset,
+        size=size,
+    )
+
+
+def _minmax(values: list[float]) -> list[float]:
+    lo, hi = min(values), max(values)
+    return [(v - lo) / (hi - lo) if hi > lo else 0.0 for v in values]
+
+
+def _final_scores(config: RerankConfig, ce: list[float], engine: list[float]) -> list[float]:
+    fusion = config.fusion
+    if fusion is None or not ce:
+        return ce
+    if fusion.method == "weighted":
+        w = fusion.weight
+        return [w * c + (1 - w) * e for c, e in zip(_minmax(ce), _minmax(engine))]
+    k = fusion.rank_constant
+    ce_rank = {i: r for r, i in enumerate(sorted(range(len(ce)), key=lambda i: -ce[i]), 1)}
+    return [1 / (k + i + 1) + 1 / (k + ce_rank[i]) for i in range(len(ce))]
+
+
+def _copy_shell(response: Mapping[str, Any]) -> dict[str, Any]:
+    out = dict(response)
+    out["hits"] = dict(response.get("hits") or {})
+    return out
+
+
+def finish_search(
+    plan: SearchPlan, response: Mapping[str, Any], result: ScoreResult, scoring_ms: float
+) -> dict[str, Any]:
+    """The engine's response with the window re-ordered and the caller's page applied.
+
+    Each reranked hit's ``_score`` is the cross-encoder score (or the fused score) and
+    ``_rerank`` keeps ``engine_score``, ``engine_rank`` and ``score``; ``max_score``
+    follows. Totals, aggregations, suggest, highlights, ``_shards`` and ``took`` (the
+    engine's own time) are left as they are; the response gains a ``_rerank`` summary.
+    """
+    config = plan.config
+    out = _copy_shell(response)
+    hits = list(response.get("hits", {}).get("hits", []))
+    window, rest = hits[: config.window], hits[config.window :]
+    engine = [float(h.get("_score") or 0.0) for h in window]
+    final = _final_scores(config, result.scores, engine)
+    ranked = []
+    for rank, hit in enumerate(window):
+        ce = result.scores[rank]
+        if config.min_score is not None and ce < config.min_score:
+            continue
+        new = dict(hit)
+        new["_score"] = final[rank]
+        new[RERANK_KEY] = {"engine_score": hit.get("_score"), "engine_rank": rank, "score": ce}
+        ranked.append((final[rank], rank, new))
+    ranked.sort(key=lambda t: (-t[0], t[1]))
+    merged = [h for _, _, h in ranked] + rest
+    out["hits"]["hits"] = merged[plan.offset : plan.offset + plan.size]
+    out["hits"]["max_score"] = ranked[0][0] if ranked else None
+    out[RERANK_KEY] = {
+        "model": result.model,
+        "window": config.window,
+        "reranked": len(window),
+        "dropped_below_min_score": len(window) - len(ranked),
+        "truncated": result.truncated,
+        "split": result.split,
+        "query_truncated": result.query_truncated,
+        "missing_fields": plan.missing_fields,
+        "scoring_ms": round(scoring_ms, 3),
+        "query_text": plan.query_text,
+    }
+    if config.fusion is not None:
+        out[RERANK_KEY]["fusion"] = config.fusion.method
+    return out
+
+
+def fallback_response(plan: SearchPlan, response: Mapping[str, Any], error: str) -> dict[str, Any]:
+    """Engine order for the caller's page, flagged, for when scoring failed."""
+    out = _copy_shell(response)
+    hits = response.get("hits", {}).get("hits", [])
+    out["hits"]["hits"] = hits[plan.offset : plan.offset + plan.size]
+    out[RERANK_KEY] = {"fallback": True, "error": error, "window": plan.config.window}
+    return out
+
+
+def error_item(status: int, kind: str, reason: str) -> dict[str, Any]:
+    """An engine-style error object (as in one ``_msearch`` response item)."""
+    return {
+        "error": {"root_cause": [{"type": kind, "reason": reason}], "type": kind, "reason": reason},
+        "status": status,
+    }

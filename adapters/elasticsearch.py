@@ -1,0 +1,155 @@
+"""Drop-in reranking wrappers of ``elasticsearch.Elasticsearch`` and ``AsyncElasticsearch``.
+
+Constructed like the originals, plus ``rerank=`` (a :class:`RerankConfig` or dict) and
+``scorer=`` (any :class:`Scorer`; default: a local cross-encoder of ``rerank.model``).
+Every method passes through unchanged except ``search`` and ``msearch``, which take an extra
+``rerank=`` per call (``False`` to switch off, or a dict of options) and rerank.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from crossrank.reranker.config import RerankConfig
+from crossrank.reranker.scoring import Scorer
+from elastic_transport import ObjectApiResponse
+from elasticsearch import AsyncElasticsearch as _AsyncElasticsearch
+from elasticsearch import Elasticsearch as _Elasticsearch
+
+from ._client import EngineCalls, RerankingClient, RerankOption
+from ._flow import run_async, run_sync
+
+__all__ = ["AsyncElasticsearch", "Elasticsearch"]
+
+# Keyword arguments that elasticsearch-py sends in the search body (8.x and 9.x clients).
+_BODY_FIELDS = frozenset(
+    {
+        "aggregations",
+        "aggs",
+        "collapse",
+        "docvalue_fields",
+        "explain",
+        "ext",
+        "fields",
+        "from_",
+        "highlight",
+        "indices_boost",
+        "knn",
+        "min_score",
+        "pit",
+        "post_filter",
+        "profile",
+        "query",
+        "rank",
+        "rescore",
+        "retriever",
+        "runtime_mappings",
+        "script_fields",
+        "search_after",
+        "seq_no_primary_term",
+        "size",
+        "slice",
+        "sort",
+        "source",
+        "_source",
+        "stats",
+        "stored_fields",
+        "suggest",
+        "terminate_after",
+        "timeout",
+        "track_scores",
+        "track_total_hits",
+        "version",
+    }
+)
+_BODY_ALIASES = {"from_": "from", "source": "_source"}
+
+
+def _split_search(kwargs: dict[str, Any]) -> tuple[Any, dict[str, Any], dict[str, Any]]:
+    rest = dict(kwargs)
+    body = dict(rest.pop("body", None) or {})
+    for name in list(rest):
+        if name in _BODY_FIELDS and rest[name] is not None:
+            body[_BODY_ALIASES.get(name, name)] = rest.pop(name)
+    params = {k: rest[k] for k in ("q", "scroll") if rest.get(k) is not None}
+    return body, params, rest
+
+
+def _split_msearch(kwargs: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
+    rest = dict(kwargs)
+    body = rest.pop("searches", None)
+    if body is None:
+        body = rest.pop("body", None)
+    return body, rest
+
+
+class _Calls(EngineCalls):
+    def body_of(self, response: Any) -> Any:
+        return response.body
+
+    def wrap(self, body: dict[str, Any], response: Any) -> Any:
+        return ObjectApiResponse(body=body, meta=response.meta)
+
+
+class _Reranking(RerankingClient):
+    _calls = _Calls
+    _split_search = staticmethod(_split_search)
+    _split_msearch = staticmethod(_split_msearch)
+
+    def _copy_rerank(self, client: Any) -> Any:
+        client._rerank = self._rerank
+        return client
+
+
+class Elasticsearch(_Reranking, _Elasticsearch):
+    """``elasticsearch.Elasticsearch`` whose ``search``/``msearch`` rerank the top hits."""
+
+    def __init__(
+        self,
+        *args: Any,
+        rerank: RerankConfig | dict[str, Any] | None = None,
+        scorer: Scorer | None = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(*args, **kwargs)
+        self._init_rerank(rerank, scorer)
+
+    def options(self, **kwargs: Any) -> Any:
+        return self._copy_rerank(super().options(**kwargs))
+
+    def search(self, *, rerank: RerankOption = None, **kwargs: Any) -> Any:
+        """``Elasticsearch.search``, reranked (see the module docs for ``rerank=``)."""
+        flow, calls = self._search_flow(super().search, rerank, kwargs)
+        return calls.result(run_sync(flow, calls.sync, self._rerank.scorer))
+
+    def msearch(self, *, rerank: RerankOption = None, **kwargs: Any) -> Any:
+        """``Elasticsearch.msearch``; the pairs of all items are scored together."""
+        flow, calls = self._msearch_flow(super().msearch, rerank, kwargs)
+        return calls.result(run_sync(flow, calls.sync, self._rerank.scorer))
+
+
+class AsyncElasticsearch(_Reranking, _AsyncElasticsearch):
+    """``elasticsearch.AsyncElasticsearch`` whose ``search``/``msearch`` rerank the top hits."""
+
+    def __init__(
+        self,
+        *args: Any,
+        rerank: RerankConfig | dict[str, Any] | None = None,
+        scorer: Scorer | None = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(*args, **kwargs)
+        self._init_rerank(rerank, scorer)
+
+    def options(self, **kwargs: Any) -> Any:
+        return self._copy_rerank(super().options(**kwargs))
+
+    async def search(self, *, rerank: RerankOption = None, **kwargs: Any) -> Any:
+        """``AsyncElasticsearch.search``, reranked."""
+        flow, calls = self._search_flow(super().search, rerank, kwargs)
+        return calls.result(await run_async(flow, calls.async_, self._rerank.scorer))
+
+    async def msearch(self, *, rerank: RerankOption = None, **kwargs: Any) -> Any:
+        """``AsyncElasticsearch.msearch``; the pairs of all items are scored together."""
+        flow, calls = self._msearch_flow(super().msearch, rerank, kwargs)
+        return calls.result(await run_async(flow, calls.async_, self._rerank.scorer))

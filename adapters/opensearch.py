@@ -1,0 +1,131 @@
+"""Drop-in reranking wrappers of ``opensearchpy.OpenSearch`` and ``AsyncOpenSearch``.
+
+Constructed like the originals, plus ``rerank=`` (a :class:`RerankConfig` or dict) and
+``scorer=`` (any :class:`Scorer`; default: a local cross-encoder of ``rerank.model``).
+Every method passes through unchanged except ``search`` and ``msearch``, which take an extra
+``rerank=`` per call (``False`` to switch off, or a dict of options) and rerank.
+``size``, ``from_``, ``q`` and ``sort`` keyword arguments are URL parameters, as in
+opensearch-py; a body may also be given as keyword arguments (``query=``, ``aggs=``, ...).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from crossrank.reranker.config import RerankConfig
+from crossrank.reranker.scoring import Scorer
+from opensearchpy import AsyncOpenSearch as _AsyncOpenSearch
+from opensearchpy import OpenSearch as _OpenSearch
+
+from ._client import RerankingClient, RerankOption
+from ._flow import run_async, run_sync
+
+__all__ = ["AsyncOpenSearch", "OpenSearch"]
+
+# Keyword arguments opensearch-py does not know as URL parameters, sent in the body instead.
+_BODY_KWARGS = frozenset(
+    {
+        "query",
+        "aggs",
+        "aggregations",
+        "highlight",
+        "post_filter",
+        "suggest",
+        "collapse",
+        "rescore",
+        "search_after",
+        "pit",
+        "ext",
+        "min_score",
+        "fields",
+        "script_fields",
+        "runtime_mappings",
+        "indices_boost",
+        "knn",
+        "track_scores",
+    }
+)
+# URL parameters reranking reads, by opensearch-py keyword and engine name.
+_URL_PARAMS = {
+    "size": "size",
+    "from_": "from",
+    "from": "from",
+    "q": "q",
+    "sort": "sort",
+    "scroll": "scroll",
+}
+
+
+def _split_search(kwargs: dict[str, Any]) -> tuple[Any, dict[str, Any], dict[str, Any]]:
+    rest = dict(kwargs)
+    body = dict(rest.pop("body", None) or {})
+    for name in list(rest):
+        if name in _BODY_KWARGS:
+            body[name] = rest.pop(name)
+    given = dict(rest.get("params") or {})
+    params = {_URL_PARAMS[k]: v for k, v in {**given, **rest}.items() if k in _URL_PARAMS}
+    # The rewritten request carries from/size in its body only.
+    for name in ("size", "from_", "from"):
+        rest.pop(name, None)
+        given.pop(name, None)
+    if "params" in rest:
+        rest["params"] = given
+    return body, params, rest
+
+
+def _split_msearch(kwargs: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
+    rest = dict(kwargs)
+    return rest.pop("body", None), rest
+
+
+class _Reranking(RerankingClient):
+    _split_search = staticmethod(_split_search)
+    _split_msearch = staticmethod(_split_msearch)
+
+
+class OpenSearch(_Reranking, _OpenSearch):
+    """``opensearchpy.OpenSearch`` whose ``search``/``msearch`` rerank the top hits."""
+
+    def __init__(
+        self,
+        *args: Any,
+        rerank: RerankConfig | dict[str, Any] | None = None,
+        scorer: Scorer | None = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(*args, **kwargs)
+        self._init_rerank(rerank, scorer)
+
+    def search(self, *, rerank: RerankOption = None, **kwargs: Any) -> Any:
+        """``OpenSearch.search``, reranked (see the module docs for ``rerank=``)."""
+        flow, calls = self._search_flow(super().search, rerank, kwargs)
+        return calls.result(run_sync(flow, calls.sync, self._rerank.scorer))
+
+    def msearch(self, *, rerank: RerankOption = None, **kwargs: Any) -> Any:
+        """``OpenSearch.msearch``; the pairs of all items are scored together."""
+        flow, calls = self._msearch_flow(super().msearch, rerank, kwargs)
+        return calls.result(run_sync(flow, calls.sync, self._rerank.scorer))
+
+
+class AsyncOpenSearch(_Reranking, _AsyncOpenSearch):
+    """``opensearchpy.AsyncOpenSearch`` whose ``search``/``msearch`` rerank the top hits."""
+
+    def __init__(
+        self,
+        *args: Any,
+        rerank: RerankConfig | dict[str, Any] | None = None,
+        scorer: Scorer | None = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(*args, **kwargs)
+        self._init_rerank(rerank, scorer)
+
+    async def search(self, *, rerank: RerankOption = None, **kwargs: Any) -> Any:
+        """``AsyncOpenSearch.search``, reranked."""
+        flow, calls = self._search_flow(super().search, rerank, kwargs)
+        return calls.result(await run_async(flow, calls.async_, self._rerank.scorer))
+
+    async def msearch(self, *, rerank: RerankOption = None, **kwargs: Any) -> Any:
+        """``AsyncOpenSearch.msearch``; the pairs of all items are scored together."""
+        flow, calls = self._msearch_flow(super().msearch, rerank, kwargs)
+        return calls.result(await run_async(flow, calls.async_, self._rerank.scorer))

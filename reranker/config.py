@@ -1,0 +1,108 @@
+"""The one configuration model shared by the client wrappers, the proxy and the scorer."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from .errors import RerankOptionsError
+
+__all__ = ["SCORER_FIELDS", "FusionConfig", "RerankConfig"]
+
+#: Settings that belong to the scorer (how pairs are encoded and scored), fixed per scorer.
+SCORER_FIELDS = frozenset(
+    {
+        "model",
+        "device",
+        "dtype",
+        "sigmoid",
+        "max_query_tokens",
+        "max_length",
+        "long_documents",
+        "passage_overlap",
+        "max_passages",
+        "batch_tokens",
+        "cache_size",
+    }
+)
+
+
+class FusionConfig(BaseModel):
+    """Fuse the cross-encoder score with the engine's score.
+
+    ``weighted``: min-max normalise both scores over the window, then
+    ``weight * cross_encoder + (1 - weight) * engine``.
+    ``rrf``: reciprocal rank fusion, ``1/(rank_constant + rank)`` summed over both rankings
+    (ranks start at 1, as in Elasticsearch's ``rrf`` retriever).
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    method: Literal["weighted", "rrf"] = "weighted"
+    weight: float = Field(0.5, ge=0.0, le=1.0)
+    rank_constant: int = Field(60, ge=1)
+
+
+class RerankConfig(BaseModel):
+    """How hits are turned into cross-encoder inputs, scored and re-ordered.
+
+    Document side: ``fields`` (names or dotted paths; arrays are joined) or a ``template``
+    such as ``"{title}\\n{body}"``, read from the hit's ``_source``, ``fields`` or
+    ``highlight`` (``source``). Query side: ``query_text`` or extracted from the query.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    enabled: bool = True
+    # model
+    model: str = "cross-encoder/ms-marco-MiniLM-L6-v2"
+    device: str = "auto"
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    sigmoid: bool = False
+    # inputs
+    fields: tuple[str, ...] = ("title", "text")
+    template: str | None = None
+    source: Literal["_source", "fields", "highlight"] = "_source"
+    field_separator: str = "\n"
+    query_text: str | None = None
+    # truncation
+    max_query_tokens: int = Field(64, ge=1)
+    max_length: int | None = Field(None, ge=8)
+    long_documents: Literal["truncate", "passages"] = "truncate"
+    passage_overlap: int = Field(32, ge=0)
+    max_passages: int = Field(8, ge=1)
+    # batching and caching
+    batch_tokens: int = Field(16384, ge=64)
+    cache_size: int = Field(50_000, ge=0)
+    # window and output
+    window: int = Field(100, ge=1, le=10_000)
+    min_score: float | None = None
+    fusion: FusionConfig | None = None
+    # failure handling: engine order, flagged, or the error raised to the caller
+    on_scorer_error: Literal["fallback", "raise"] = "fallback"
+
+    @model_validator(mode="after")
+    def _check(self) -> RerankConfig:
+        if not self.fields and self.template is None:
+            raise ValueError("set 'fields' or 'template' to choose the document text")
+        return self
+
+    def with_options(self, options: RerankConfig | dict[str, Any] | None) -> RerankConfig:
+        """Return a copy with per-call ``options`` applied (validated like the original)."""
+        if options is None:
+            return self
+        data = (
+            options.model_dump(exclude_unset=True) if isinstance(options, RerankConfig) else options
+        )
+        fixed = sorted(set(data) & SCORER_FIELDS)
+        changed = [k for k in fixed if data[k] != getattr(self, k)]
+        if changed:
+            raise RerankOptionsError(
+                f"rerank options {changed} belong to the scorer and cannot change per call; "
+                "configure them on the scorer"
+            )
+        try:
+            return RerankConfig.model_validate({**self.model_dump(), **data})
+        except ValidationError as exc:
+            raise RerankOptionsError(f"invalid rerank options: {exc}") from exc

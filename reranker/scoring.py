@@ -1,0 +1,54 @@
+"""The narrow, stateless scoring interface: (query, documents) pairs in, scores out.
+
+A scorer knows nothing about search hits. Implementations: :class:`~crossrank.reranker.
+LocalScorer` (torch, in process); tests add small fakes that implement the same protocol.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Protocol, runtime_checkable
+
+__all__ = ["ScoreRequest", "ScoreResult", "Scorer"]
+
+
+@dataclass(frozen=True)
+class ScoreRequest:
+    """One query and the documents to score against it."""
+
+    query: str
+    documents: Sequence[str]
+
+
+@dataclass
+class ScoreResult:
+    """Scores for one :class:`ScoreRequest`, in document order.
+
+    ``truncated`` counts documents cut to fit the model (content was dropped); ``split``
+    counts documents scored as several overlapping passages (aggregated by max).
+    """
+
+    scores: list[float]
+    truncated: int = 0
+    split: int = 0
+    query_truncated: bool = False
+    model: str = field(default="")
+
+
+@runtime_checkable
+class Scorer(Protocol):
+    """Scores (query, document) pairs. Several requests may be scored together."""
+
+    @property
+    def name(self) -> str:
+        """The model's name, reported in responses."""
+        ...
+
+    def score(self, requests: Sequence[ScoreRequest]) -> list[ScoreResult]:
+        """Score every request; one result per request, in order."""
+        ...
+
+    async def ascore(self, requests: Sequence[ScoreRequest]) -> list[ScoreResult]:
+        """Async :meth:`score`; must not block the event loop."""
+        ...
