@@ -1,0 +1,122 @@
+"""The local scorer against direct model forwards on the tokenizer's own encodings."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+from crossrank.reranker import LocalScorer, ModelLoadError, RerankConfig, ScoreRequest
+from crossrank.reranker import local as local_module
+
+from .tokenizers_kit import tiny_roberta_model
+
+QUERY = "boundary layer flow"
+DOCS = [
+    "the boundary layer over a flat plate in supersonic flow",
+    "heat transfer to a cylinder",
+    "Über naïve café – 日本語 🚀",
+    "flow " * 700,
+    "",
+]
+
+
+def direct_scores(path: Path, query: str, docs: list[str], max_length: int) -> list[list[float]]:
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(path)
+    model = AutoModelForSequenceClassification.from_pretrained(path).eval()
+    out = []
+    with torch.inference_mode():
+        for doc in docs:
+            enc = tok(query, doc or " ", truncation="only_second", max_length=max_length,
+                      return_tensors="pt")
+            out.append(model(**enc).logits[0].tolist())
+    return out
+
+
+def scorer(path: Path, **kw: Any) -> LocalScorer:
+    return LocalScorer(RerankConfig(model=str(path), dtype="float32", **kw))
+
+
+def test_one_label_scores_equal_direct_forward(tiny_model_dir: Path) -> None:
+    s = scorer(tiny_model_dir)
+    (result,) = s.score([ScoreRequest(QUERY, DOCS[:4])])
+    ref = direct_scores(tiny_model_dir, QUERY, DOCS[:4], 512)
+    assert result.scores == pytest.approx([r[0] for r in ref], abs=1e-5)
+    assert (result.truncated, result.split, result.model) == (1, 0, str(tiny_model_dir))
+
+
+def test_two_label_head_and_sigmoid(tiny_model_dir_2labels: Path) -> None:
+    ref = direct_scores(tiny_model_dir_2labels, QUERY, DOCS[:3], 512)
+    margin = scorer(tiny_model_dir_2labels).score([ScoreRequest(QUERY, DOCS[:3])])[0].scores
+    assert margin == pytest.approx([r[1] - r[0] for r in ref], abs=1e-5)
+    probs = scorer(tiny_model_dir_2labels, sigmoid=True).score([ScoreRequest(QUERY, DOCS[:3])])
+    softmax = [torch.tensor(r).softmax(-1)[1].item() for r in ref]
+    assert probs[0].scores == pytest.approx(softmax, abs=1e-5)
+
+
+def test_model_without_token_type_ids(tmp_path: Path) -> None:
+    path = tiny_roberta_model(tmp_path / "roberta")
+    s = scorer(path)
+    assert not s._uses_types and s.encoder.max_length == 128
+    (result,) = s.score([ScoreRequest(QUERY, DOCS[:4])])
+    ref = direct_scores(path, QUERY, DOCS[:4], 128)
+    assert result.scores == pytest.approx([r[0] for r in ref], abs=1e-5)
+
+
+def test_deterministic_and_independent_of_batch_budget(tiny_model_dir: Path) -> None:
+    big = scorer(tiny_model_dir)
+    small = scorer(tiny_model_dir, batch_tokens=600)
+    requests = [ScoreRequest(QUERY, DOCS), ScoreRequest("heat", DOCS[::-1])]
+    first = big.score(requests)
+    assert [r.scores for r in big.score(requests)] == [r.scores for r in first]
+    assert len(small._batches(small.encode(requests))) > 1
+    for a, b in zip(small.score(requests), first):
+        assert a.scores == pytest.approx(b.scores, abs=1e-5)
+
+
+def test_passages_aggregate_by_max(tiny_model_dir: Path) -> None:
+    s = scorer(tiny_model_dir, long_documents="passages", max_length=64, passage_overlap=8)
+    long_doc = " ".join(f"token{i} flow" for i in range(60))
+    (result,) = s.score([ScoreRequest(QUERY, [long_doc, "short"])])
+    assert (result.split, result.truncated) == (1, 0)
+    enc = s.encode([ScoreRequest(QUERY, [long_doc])])
+    rows = s.score_encoded(enc, [ScoreRequest(QUERY, [long_doc])])
+    per_passage = [s._forward(enc, [i])[0] for i in range(len(enc.input_ids))]
+    assert rows[0].scores[0] == pytest.approx(max(per_passage), abs=1e-5)
+    assert result.scores[0] == pytest.approx(max(per_passage), abs=1e-5)
+
+
+def test_empty_requests_and_async(tiny_model_dir: Path) -> None:
+    import asyncio
+
+    s = scorer(tiny_model_dir)
+    assert s.score([ScoreRequest(QUERY, [])])[0].scores == []
+    sync = s.score([ScoreRequest(QUERY, DOCS[:2])])
+    assert asyncio.run(s.ascore([ScoreRequest(QUERY, DOCS[:2])]))[0].scores == sync[0].scores
+
+
+def test_device_and_dtype_choice(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert local_module.pick_device("auto") == "cpu"  # no GPU on this machine
+    monkeypatch.setattr(local_module, "_cpu_has_fast_bf16", lambda: True)
+    assert local_module.pick_dtype("cpu") is torch.bfloat16
+    monkeypatch.setattr(local_module, "_cpu_has_fast_bf16", lambda: False)
+    assert local_module.pick_dtype("cpu") is torch.float32
+    assert local_module.pick_dtype("cpu", "float16") is torch.float16
+
+
+def test_bfloat16_keeps_the_ranking_close(tiny_model_dir: Path) -> None:
+    docs = DOCS[:4]
+    fp32 = scorer(tiny_model_dir).score([ScoreRequest(QUERY, docs)])[0].scores
+    s = LocalScorer(RerankConfig(model=str(tiny_model_dir), dtype="bfloat16"))
+    assert s.dtype is torch.bfloat16
+    bf16 = s.score([ScoreRequest(QUERY, docs)])[0].scores
+    assert bf16 == pytest.approx(fp32, abs=5e-2)
+
+
+def test_unloadable_model_is_a_clear_error(tmp_path: Path) -> None:
+    with pytest.raises(ModelLoadError, match="cannot load"):
+        LocalScorer(RerankConfig(model=str(tmp_path / "nope")))
