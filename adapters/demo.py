@@ -83,6 +83,11 @@ def _client(spec: EngineSpec, url: str, **kw: Any) -> Any:
     return Elasticsearch(url, **kw)
 
 
+def say(text: str) -> None:
+    """Print one line of progress at once."""
+    print(text, flush=True)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the demo; returns the exit status."""
     parser = argparse.ArgumentParser(prog="python -m crossrank.adapters.demo")
@@ -94,7 +99,6 @@ def main(argv: list[str] | None = None) -> int:
     from crossrank.reranker import RerankConfig
 
     spec = EngineSpec.parse(args.engine)
-    say = lambda text: print(text, flush=True)  # noqa: E731
     say(f"[1/4] starting {spec} (first run downloads it with mvn) ...")
     with EngineNode(spec) as node:
         say(f"      up at {node.url} in {node.startup_seconds or 0:.0f} s")

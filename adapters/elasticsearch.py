@@ -10,11 +10,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from crossrank.reranker.config import RerankConfig
-from crossrank.reranker.scoring import Scorer
 from elastic_transport import ObjectApiResponse
 from elasticsearch import AsyncElasticsearch as _AsyncElasticsearch
 from elasticsearch import Elasticsearch as _Elasticsearch
+
+from crossrank.reranker.config import RerankConfig
+from crossrank.reranker.scoring import Scorer
 
 from ._client import EngineCalls, RerankingClient, RerankOption
 from ._flow import run_async, run_sync

@@ -12,10 +12,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from crossrank.reranker.config import RerankConfig
-from crossrank.reranker.scoring import Scorer
 from opensearchpy import AsyncOpenSearch as _AsyncOpenSearch
 from opensearchpy import OpenSearch as _OpenSearch
+
+from crossrank.reranker.config import RerankConfig
+from crossrank.reranker.scoring import Scorer
 
 from ._client import RerankingClient, RerankOption
 from ._flow import run_async, run_sync

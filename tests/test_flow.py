@@ -8,7 +8,13 @@ from typing import Any
 import pytest
 
 from crossrank.adapters._flow import (
-    PASSTHROUGH, EngineCall, msearch_flow, parse_msearch, run_async, run_sync, search_flow,
+    PASSTHROUGH,
+    EngineCall,
+    msearch_flow,
+    parse_msearch,
+    run_async,
+    run_sync,
+    search_flow,
 )
 from crossrank.reranker import QueryTextError, RerankConfig, ScorerError
 

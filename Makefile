@@ -1,0 +1,60 @@
+# crossrank: setup and the full test run (unit tests, then real engines in two passes).
+#   make setup   venv + deps, the elasticsearch-py 8 overlay, engine zips (cached)
+#   make test    ruff, mypy, unit tests, integration pass 1 (ES 9 / OpenSearch) and pass 2 (ES 8)
+
+SHELL := /bin/bash
+.SHELLFLAGS := -euo pipefail -c
+.DEFAULT_GOAL := test
+
+PYTHON  ?= python3.11
+VENV    := .venv
+ES8     := .venv-es8
+BIN     := $(VENV)/bin
+PY      := $(BIN)/python
+
+# Pass 1 runs with the venv's clients (elasticsearch-py 9.x, opensearch-py 3.x);
+# pass 2 overlays elasticsearch-py 8.x, which ES 8 servers require.
+ENGINES_PASS1 ?= elasticsearch:9.3.2,opensearch:2.19.6,opensearch:3.6.0
+ENGINES_PASS2 ?= elasticsearch:8.19.21
+PYTEST_ARGS ?=
+
+.PHONY: setup venv es8 engines test lint typecheck unit integration integration-pass1 \
+        integration-pass2 clean
+
+setup: venv es8 engines
+
+venv:
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e ".[all,dev]"
+
+es8: venv
+	rm -rf $(ES8)
+	$(PY) -m pip install -q --no-deps --target $(ES8) \
+	    "elasticsearch>=8.15,<9" "elastic-transport>=8.15,<9"
+
+engines: venv
+	$(PY) -m crossrank.adapters.nodes fetch $(ENGINES_PASS1) $(ENGINES_PASS2)
+
+test: lint typecheck unit integration
+
+lint:
+	$(BIN)/ruff check .
+
+typecheck:
+	$(BIN)/mypy adapters reranker
+
+unit:
+	$(PY) -m pytest tests $(PYTEST_ARGS)
+
+integration: integration-pass1 integration-pass2
+
+integration-pass1:
+	CROSSRANK_ENGINES="$(ENGINES_PASS1)" $(PY) -m pytest integration_tests $(PYTEST_ARGS)
+
+integration-pass2:
+	PYTHONPATH="$(CURDIR)/$(ES8)" CROSSRANK_ENGINES="$(ENGINES_PASS2)" \
+	    $(PY) -m pytest integration_tests $(PYTEST_ARGS)
+
+clean:
+	rm -rf $(VENV) $(ES8) .mypy_cache .ruff_cache .pytest_cache
