@@ -148,7 +148,8 @@ class LocalScorer:
         }
         if self._uses_types:
             inputs["token_type_ids"] = torch.from_numpy(types).to(self.device)
-        logits = self.model(**inputs).logits.float()
+        with torch.inference_mode():
+            logits = self.model(**inputs).logits.float()
         scores = logits[:, 0] if self.num_labels == 1 else logits[:, 1] - logits[:, 0]
         if self.config.sigmoid:
             scores = torch.sigmoid(scores)
@@ -164,7 +165,7 @@ class LocalScorer:
     ) -> list[ScoreResult]:
         """Run the model over already encoded pairs."""
         row_scores = np.zeros(len(enc.input_ids), dtype=np.float32)
-        with self._lock, self._torch.inference_mode():
+        with self._lock:
             for rows in self._batches(enc):
                 row_scores[rows] = self._forward(enc, rows)
         if not np.all(np.isfinite(row_scores)):
