@@ -6,7 +6,7 @@ import threading
 from typing import Any, TypeAlias
 
 from crossrank.reranker.config import RerankConfig
-from crossrank.reranker.scoring import Scorer
+from crossrank.reranker.scoring import Scorer, make_scorer
 
 from ._flow import PASSTHROUGH, EngineCall, Flow, msearch_flow, search_flow
 
@@ -28,14 +28,11 @@ class RerankState:
 
     @property
     def scorer(self) -> Scorer:
-        """The scorer; a :class:`~crossrank.reranker.LocalScorer` of ``config.model``
-        is loaded on first use when none was given."""
+        """The scorer; made from the config on first use when none was given."""
         if self._scorer is None:
             with self._lock:
                 if self._scorer is None:
-                    from crossrank.reranker.local import LocalScorer
-
-                    self._scorer = LocalScorer(self.config)
+                    self._scorer = make_scorer(self.config)
         return self._scorer
 
     def config_for(self, option: RerankOption) -> RerankConfig:

@@ -24,6 +24,12 @@ SCORER_FIELDS = frozenset(
         "max_passages",
         "batch_tokens",
         "cache_size",
+        "scorer_urls",
+        "scorer_format",
+        "scorer_api_key",
+        "scorer_connect_timeout",
+        "scorer_timeout",
+        "scorer_retries",
     }
 )
 
@@ -81,6 +87,13 @@ class RerankConfig(BaseModel):
     fusion: FusionConfig | None = None
     # failure handling: engine order, flagged, or the error raised to the caller
     on_scorer_error: Literal["fallback", "raise"] = "fallback"
+    # remote scorer: when ``scorer_urls`` is set, pairs are scored over HTTP instead of locally
+    scorer_urls: tuple[str, ...] = ()
+    scorer_format: Literal["crossrank", "tei", "cohere", "jina"] = "crossrank"
+    scorer_api_key: str | None = Field(None, repr=False)
+    scorer_connect_timeout: float = Field(2.0, gt=0)
+    scorer_timeout: float = Field(10.0, gt=0)
+    scorer_retries: int = Field(2, ge=0)
 
     @model_validator(mode="after")
     def _check(self) -> RerankConfig:

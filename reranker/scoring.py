@@ -8,9 +8,12 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
-__all__ = ["ScoreRequest", "ScoreResult", "Scorer"]
+if TYPE_CHECKING:
+    from .config import RerankConfig
+
+__all__ = ["ScoreRequest", "ScoreResult", "Scorer", "make_scorer"]
 
 
 @dataclass(frozen=True)
@@ -52,3 +55,14 @@ class Scorer(Protocol):
     async def ascore(self, requests: Sequence[ScoreRequest]) -> list[ScoreResult]:
         """Async :meth:`score`; must not block the event loop."""
         ...
+
+
+def make_scorer(config: RerankConfig) -> Scorer:
+    """The scorer a configuration asks for: remote when ``scorer_urls`` is set, else local."""
+    if config.scorer_urls:
+        from .remote import RemoteScorer
+
+        return RemoteScorer(config)
+    from .local import LocalScorer
+
+    return LocalScorer(config)

@@ -1,0 +1,44 @@
+"""The ``crossrank`` command: one entry point, one module per subcommand.
+
+Each subcommand module exposes ``main(argv) -> int`` and is imported only when used, so
+``crossrank nodes`` needs no torch and ``crossrank serve`` no engine client.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+from collections.abc import Sequence
+
+#: subcommand → (module with ``main(argv)``, one-line help)
+COMMANDS: dict[str, tuple[str, str]] = {
+    "demo": ("crossrank.adapters.demo", "real engine, sample corpus, BM25 vs reranked"),
+    "nodes": ("crossrank.adapters.nodes", "fetch or run Elasticsearch/OpenSearch nodes"),
+    "serve": ("crossrank.reranker.service.cli", "run the batching scorer service"),
+    "proxy": ("crossrank.adapters.proxy.cli", "run the reranking search proxy"),
+}
+
+
+def _usage() -> str:
+    lines = ["usage: crossrank COMMAND [ARGS...]", "", "commands:"]
+    lines += [f"  {name:8} {help_}" for name, (_, help_) in COMMANDS.items()]
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Dispatch ``crossrank COMMAND ...`` to the command's module."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    if not args or args[0] in ("-h", "--help"):
+        print(_usage())
+        return 0 if args else 2
+    name, rest = args[0], args[1:]
+    if name not in COMMANDS:
+        print(f"crossrank: unknown command {name!r}\n\n{_usage()}", file=sys.stderr)
+        return 2
+    module = importlib.import_module(COMMANDS[name][0])
+    result: int = module.main(rest)
+    return result
+
+
+if __name__ == "__main__":
+    sys.exit(main())
