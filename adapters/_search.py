@@ -138,7 +138,8 @@ def _minmax(values: list[float]) -> list[float]:
     return [(v - lo) / (hi - lo) if hi > lo else 0.0 for v in values]
 
 
-def _final_scores(config: RerankConfig, ce: list[float], engine: list[float]) -> list[float]:
+def fuse_scores(config: RerankConfig, ce: list[float], engine: list[float]) -> list[float]:
+    """Final scores of a window: the cross-encoder scores, fused with the engine's if configured."""
     fusion = config.fusion
     if fusion is None or not ce:
         return ce
@@ -171,7 +172,7 @@ def finish_search(
     hits = list(response.get("hits", {}).get("hits", []))
     window, rest = hits[: config.window], hits[config.window :]
     engine = [float(h.get("_score") or 0.0) for h in window]
-    final = _final_scores(config, result.scores, engine)
+    final = fuse_scores(config, result.scores, engine)
     ranked = []
     for rank, hit in enumerate(window):
         ce = result.scores[rank]

@@ -22,6 +22,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from .connect import client_for
 from .nodes import DEFAULT_CACHE_DIR, EngineNode, EngineSpec
 
 QUERIES = [
@@ -73,16 +74,6 @@ def default_model(cache: Path) -> Path:
     return target
 
 
-def _client(spec: EngineSpec, url: str, **kw: Any) -> Any:
-    if spec.kind == "opensearch":
-        from .opensearch import OpenSearch
-
-        return OpenSearch(hosts=[url], **kw)
-    from .elasticsearch import Elasticsearch
-
-    return Elasticsearch(url, **kw)
-
-
 def say(text: str) -> None:
     """Print one line of progress at once."""
     print(text, flush=True)
@@ -104,7 +95,7 @@ def main(argv: list[str] | None = None) -> int:
         say(f"      up at {node.url} in {node.startup_seconds or 0:.0f} s")
         model = args.model or str(default_model(DEFAULT_CACHE_DIR.parent))
         config = RerankConfig(model=model, fields=("title", "text"), window=args.window)
-        client = _client(spec, node.url, rerank=config)
+        client = client_for(node.url, spec.kind, rerank=config)
         say("[2/4] indexing the standard library's docstrings ...")
         docs = list(corpus())
         client.indices.create(index="stdlib", body={"mappings": {"properties": {
