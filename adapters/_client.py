@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import threading
+from collections.abc import Sequence
 from typing import Any, TypeAlias
 
 from crossrank.reranker.config import RerankConfig
-from crossrank.reranker.scoring import Scorer, make_scorer
+from crossrank.reranker.scoring import Scorer, ScoreRequest, ScoreResult, make_scorer
 
 from ._flow import PASSTHROUGH, EngineCall, Flow, msearch_flow, search_flow
 
@@ -34,6 +35,21 @@ class RerankState:
                 if self._scorer is None:
                     self._scorer = make_scorer(self.config)
         return self._scorer
+
+    @property
+    def name(self) -> str:
+        name: str = self.scorer.name
+        return name
+
+    def score(self, requests: Sequence[ScoreRequest]) -> list[ScoreResult]:
+        """Score with the scorer, made on first use: passthrough calls never load a model."""
+        results: list[ScoreResult] = self.scorer.score(requests)
+        return results
+
+    async def ascore(self, requests: Sequence[ScoreRequest]) -> list[ScoreResult]:
+        """Async :meth:`score`."""
+        results: list[ScoreResult] = await self.scorer.ascore(requests)
+        return results
 
     def config_for(self, option: RerankOption) -> RerankConfig:
         """The configuration of one call."""

@@ -13,6 +13,7 @@ from collections.abc import Sequence
 #: subcommand → (module with ``main(argv)``, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
     "eval": ("crossrank.adapters.evaluate", "BM25 vs reranked vs fused on a BEIR collection"),
+    "train": ("crossrank.adapters.train", "fine-tune a cross-encoder for your index"),
     "demo": ("crossrank.adapters.demo", "real engine, sample corpus, BM25 vs reranked"),
     "nodes": ("crossrank.adapters.nodes", "fetch or run Elasticsearch/OpenSearch nodes"),
     "serve": ("crossrank.reranker.service.cli", "run the batching scorer service"),

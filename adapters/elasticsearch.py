@@ -121,12 +121,12 @@ class Elasticsearch(_Reranking, _Elasticsearch):
     def search(self, *, rerank: RerankOption = None, **kwargs: Any) -> Any:
         """``Elasticsearch.search``, reranked (see the module docs for ``rerank=``)."""
         flow, calls = self._search_flow(super().search, rerank, kwargs)
-        return calls.result(run_sync(flow, calls.sync, self._rerank.scorer))
+        return calls.result(run_sync(flow, calls.sync, self._rerank))
 
     def msearch(self, *, rerank: RerankOption = None, **kwargs: Any) -> Any:
         """``Elasticsearch.msearch``; the pairs of all items are scored together."""
         flow, calls = self._msearch_flow(super().msearch, rerank, kwargs)
-        return calls.result(run_sync(flow, calls.sync, self._rerank.scorer))
+        return calls.result(run_sync(flow, calls.sync, self._rerank))
 
 
 class AsyncElasticsearch(_Reranking, _AsyncElasticsearch):
@@ -148,9 +148,9 @@ class AsyncElasticsearch(_Reranking, _AsyncElasticsearch):
     async def search(self, *, rerank: RerankOption = None, **kwargs: Any) -> Any:
         """``AsyncElasticsearch.search``, reranked."""
         flow, calls = self._search_flow(super().search, rerank, kwargs)
-        return calls.result(await run_async(flow, calls.async_, self._rerank.scorer))
+        return calls.result(await run_async(flow, calls.async_, self._rerank))
 
     async def msearch(self, *, rerank: RerankOption = None, **kwargs: Any) -> Any:
         """``AsyncElasticsearch.msearch``; the pairs of all items are scored together."""
         flow, calls = self._msearch_flow(super().msearch, rerank, kwargs)
-        return calls.result(await run_async(flow, calls.async_, self._rerank.scorer))
+        return calls.result(await run_async(flow, calls.async_, self._rerank))

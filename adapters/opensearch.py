@@ -100,12 +100,12 @@ class OpenSearch(_Reranking, _OpenSearch):
     def search(self, *, rerank: RerankOption = None, **kwargs: Any) -> Any:
         """``OpenSearch.search``, reranked (see the module docs for ``rerank=``)."""
         flow, calls = self._search_flow(super().search, rerank, kwargs)
-        return calls.result(run_sync(flow, calls.sync, self._rerank.scorer))
+        return calls.result(run_sync(flow, calls.sync, self._rerank))
 
     def msearch(self, *, rerank: RerankOption = None, **kwargs: Any) -> Any:
         """``OpenSearch.msearch``; the pairs of all items are scored together."""
         flow, calls = self._msearch_flow(super().msearch, rerank, kwargs)
-        return calls.result(run_sync(flow, calls.sync, self._rerank.scorer))
+        return calls.result(run_sync(flow, calls.sync, self._rerank))
 
 
 class AsyncOpenSearch(_Reranking, _AsyncOpenSearch):
@@ -124,9 +124,9 @@ class AsyncOpenSearch(_Reranking, _AsyncOpenSearch):
     async def search(self, *, rerank: RerankOption = None, **kwargs: Any) -> Any:
         """``AsyncOpenSearch.search``, reranked."""
         flow, calls = self._search_flow(super().search, rerank, kwargs)
-        return calls.result(await run_async(flow, calls.async_, self._rerank.scorer))
+        return calls.result(await run_async(flow, calls.async_, self._rerank))
 
     async def msearch(self, *, rerank: RerankOption = None, **kwargs: Any) -> Any:
         """``AsyncOpenSearch.msearch``; the pairs of all items are scored together."""
         flow, calls = self._msearch_flow(super().msearch, rerank, kwargs)
-        return calls.result(await run_async(flow, calls.async_, self._rerank.scorer))
+        return calls.result(await run_async(flow, calls.async_, self._rerank))

@@ -118,3 +118,18 @@ def test_msearch_ndjson_and_full_passthrough() -> None:
     ndjson = '{"index": "i"}\n{"size": 0, "query": {"match": {"text": "x"}}}\n'
     assert run_sync(msearch_flow(ndjson, CFG), engine, OverlapScorer()) is PASSTHROUGH
     assert engine.calls[0].body == ndjson
+
+
+def test_wrapper_loads_no_model_for_passthrough_calls() -> None:
+    from crossrank.adapters._client import RerankState
+    from crossrank.reranker import ModelLoadError
+
+    state = RerankState({"model": "/nonexistent/model", "fields": ["text"]}, None)
+    engine = Engine()
+    assert run_sync(search_flow({**Q, "size": 0}, {}, state.config), engine, state) is PASSTHROUGH
+    assert state._scorer is None
+    out = run_sync(search_flow(Q, {}, state.config), engine, state)
+    assert out["_rerank"]["fallback"] and "cannot load" in out["_rerank"]["error"]
+    strict = state.config.model_copy(update={"on_scorer_error": "raise"})
+    with pytest.raises(ModelLoadError):
+        run_sync(search_flow(Q, {}, strict), engine, state)
