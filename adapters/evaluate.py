@@ -156,7 +156,7 @@ def evaluate(
         runs["bm25"][qid] = {h["_id"]: s for h, s in zip(by_engine, engine_scores)}
         runs["reranked"][qid] = {h["_id"]: s for h, s in zip(by_engine, ce_scores)}
         runs["fused"][qid] = {h["_id"]: s for h, s in zip(by_engine, fused)}
-    qrels = Qrels(collection.qrels)
+    qrels = Qrels({q: collection.qrels[q] for q in collection.queries})
     metrics = [*METRICS, f"recall@{window}"]
     result = EvalResult(runs)
     for name, run in runs.items():

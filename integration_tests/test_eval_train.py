@@ -1,0 +1,81 @@
+"""``crossrank eval`` and ``crossrank train`` against the real engines, on small data."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from crossrank.adapters.evaluate import evaluate, index_collection, load_beir, write_outputs
+from crossrank.adapters.train import self_supervised_groups
+from crossrank.reranker import LocalScorer, RerankConfig, ScoreRequest
+from crossrank.reranker.training import TrainSettings, train
+
+from .conftest import INDEX, dataset_dir
+
+
+def test_eval_reports_bm25_reranked_and_fused(
+    engine: Any, tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    collection = load_beir(dataset_dir())
+    keep = list(collection.queries)[:6]
+    collection.queries = {q: collection.queries[q] for q in keep}
+    config = RerankConfig(model=str(tiny_model_dir), dtype="float32", fields=("title", "text"))
+    client = engine.client(rerank=config)
+    assert index_collection(client, "adi_eval", collection, reuse=False) == len(collection.corpus)
+    assert index_collection(client, "adi_eval", collection, reuse=True) == 0
+    result = evaluate(client, "adi_eval", collection, window=20, progress=False)
+    assert set(result.summary) == {"bm25", "reranked", "fused"}
+    for values in result.summary.values():
+        assert set(values) == {"ndcg@10", "mrr@10", "recall@20"}
+        assert all(0.0 <= v <= 1.0 for v in values.values())
+    # The BM25 run is the engine's own order for the query.
+    qid = keep[0]
+    text = collection.queries[qid]
+    raw = engine.raw.search(
+        index="adi_eval",
+        body={"query": {"multi_match": {"query": text, "fields": ["title", "text"]}}, "size": 20},
+    )
+    raw_ids = [h["_id"] for h in getattr(raw, "body", raw)["hits"]["hits"]]
+    bm25 = result.runs["bm25"][qid]
+    assert sorted(bm25, key=lambda d: -bm25[d]) == raw_ids
+    # Recall@window is the same for all runs: reranking only re-orders the window.
+    assert result.summary["bm25"]["recall@20"] == result.summary["reranked"]["recall@20"]
+    assert {"engine", "scoring", "total"} <= set(result.latency_ms)
+    paths = write_outputs(result, tmp_path / "out")
+    assert all(p.stat().st_size > 0 for p in paths)
+    assert paths[3].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_train_self_supervised_from_the_index(
+    engine: Any, tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    client = engine.client()
+    groups = self_supervised_groups(
+        client,
+        INDEX,
+        query_field="title",
+        doc_field="text",
+        negatives=3,
+        skip_top=2,
+        limit=6,
+        seed=0,
+    )
+    assert len(groups) == 6
+    for group in groups:
+        assert group.query.lower() not in group.positive.lower()  # pseudo-query stripped
+        assert group.negatives and group.positive not in group.negatives
+    out = train(
+        groups,
+        TrainSettings(
+            base=str(tiny_model_dir),
+            output=tmp_path / "m",
+            steps=3,
+            batch_groups=2,
+            negatives=3,
+            max_length=64,
+            dtype="float32",
+        ),
+        progress=False,
+    )
+    scorer = LocalScorer(RerankConfig(model=str(out)))
+    assert len(scorer.score([ScoreRequest(groups[0].query, [groups[0].positive])])[0].scores) == 1
