@@ -24,7 +24,7 @@ from crossrank.reranker.config import FusionConfig, RerankConfig
 from ._search import fuse_scores
 from .connect import client_for
 
-__all__ = ["Collection", "EvalResult", "evaluate", "load_beir", "main"]
+__all__ = ["Collection", "EvalResult", "evaluate", "load_beir", "main", "pick_analyzer"]
 
 METRICS = ("ndcg@10", "mrr@10")
 
@@ -93,6 +93,18 @@ def index_collection(
             bar.update(len(lines) // 2)
     client.indices.refresh(index=index)
     return len(ids)
+
+
+def pick_analyzer(client: Any, wanted: str = "auto") -> str:
+    """``wanted``, or for ``auto`` the ``english`` analyzer where the engine has it (strong
+    BM25: stemming and stopwords), else ``standard``."""
+    if wanted != "auto":
+        return wanted
+    try:
+        client.indices.analyze(body={"analyzer": "english", "text": "flows"})
+    except Exception:
+        return "standard"
+    return "english"
 
 
 @dataclass
@@ -243,6 +255,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--engine-url", required=True, help="Elasticsearch/OpenSearch URL")
     parser.add_argument("--index", help="index name (default: the folder's name)")
     parser.add_argument("--reuse-index", action="store_true", help="keep an existing index")
+    parser.add_argument("--analyzer", default="auto", help="auto (english if available), ...")
     parser.add_argument("--split", default="test")
     parser.add_argument("--model", help="cross-encoder path or hub name")
     parser.add_argument("--scorer-url", action="append", default=[], help="remote scorer(s)")
@@ -268,8 +281,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         settings["scorer_urls"] = tuple(args.scorer_url)
     client = client_for(args.engine_url, rerank=RerankConfig(**settings))
     index = args.index or args.dataset.name.lower()
-    added = index_collection(client, index, collection, reuse=args.reuse_index)
-    print(f"index {index!r}: {'reused' if not added else f'{added} documents indexed'}")
+    analyzer = pick_analyzer(client, args.analyzer)
+    added = index_collection(client, index, collection, reuse=args.reuse_index, analyzer=analyzer)
+    print(
+        f"index {index!r}: {f'{added} documents indexed' if added else 'reused'}"
+        f" (analyzer {analyzer})"
+    )
     result = evaluate(client, index, collection, window=args.window)
     paths = write_outputs(result, args.out)
     print(format_summary(result))

@@ -41,11 +41,13 @@ from typing import Literal
 
 __all__ = [
     "DEFAULT_CACHE_DIR",
+    "DEFAULT_MODULES",
     "EngineKind",
     "EngineNode",
     "EngineSpec",
     "EngineStartError",
     "fetch",
+    "fetch_module",
     "find_java",
     "java_major",
     "main",
@@ -198,38 +200,80 @@ def _cache_dir(cache_dir: Path | str | None) -> Path:
     return Path(env) if env else DEFAULT_CACHE_DIR
 
 
-def fetch(spec: EngineSpec, cache_dir: Path | str | None = None) -> Path:
-    """Path of the engine's zip, downloading it with ``mvn`` unless cached.
-
-    The cache is ``cache_dir``, else ``$CROSSRANK_ENGINE_CACHE``, else
-    ``~/.cache/crossrank/engines``.  Raises EngineStartError with mvn's output.
-    """
-    cache = _cache_dir(cache_dir)
-    target = cache / spec.zip_name
+def _mvn_copy(artifact: str, filename: str, cache: Path, what: str) -> Path:
+    """``cache/filename``, downloading ``artifact`` with ``mvn dependency:copy`` unless cached."""
+    target = cache / filename
     if target.is_file() and zipfile.is_zipfile(target):
         return target
     cache.mkdir(parents=True, exist_ok=True)
     mvn = shutil.which("mvn")
     if mvn is None:
-        raise EngineStartError(f"cannot fetch {spec}: 'mvn' (Maven) is not on PATH")
+        raise EngineStartError(f"cannot fetch {what}: 'mvn' (Maven) is not on PATH")
     with tempfile.TemporaryDirectory(dir=cache, prefix=".fetch-") as tmp:
         cmd = [
             mvn,
             "-q",
             "-B",
             "dependency:copy",
-            f"-Dartifact={spec.artifact}",
+            f"-Dartifact={artifact}",
             f"-DoutputDirectory={tmp}",
         ]
         proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
-        got = Path(tmp) / spec.zip_name
+        got = Path(tmp) / filename
         if proc.returncode != 0 or not got.is_file():
             raise EngineStartError(
-                f"fetching {spec} ({spec.artifact}) failed: {' '.join(cmd)} exited "
+                f"fetching {what} ({artifact}) failed: {' '.join(cmd)} exited "
                 f"{proc.returncode}\n{proc.stdout}{proc.stderr}"
             )
         os.replace(got, target)
     return target
+
+
+def fetch(spec: EngineSpec, cache_dir: Path | str | None = None) -> Path:
+    """Path of the engine's zip, downloading it with ``mvn`` unless cached.
+
+    The cache is ``cache_dir``, else ``$CROSSRANK_ENGINE_CACHE``, else
+    ``~/.cache/crossrank/engines``.  Raises EngineStartError with mvn's output.
+    """
+    return _mvn_copy(spec.artifact, spec.zip_name, _cache_dir(cache_dir), str(spec))
+
+
+#: Modules that the integ-test zips leave out but that Maven Central publishes as jars, added
+#: by default so the node behaves like a full distribution (``analysis-common`` brings the
+#: language analyzers such as ``english``). Elasticsearch publishes no such artifacts.
+DEFAULT_MODULES: dict[str, tuple[str, ...]] = {
+    "opensearch": ("analysis-common",),
+    "elasticsearch": (),
+}
+
+
+def fetch_module(spec: EngineSpec, name: str, cache_dir: Path | str | None = None) -> Path:
+    """The jar of OpenSearch module ``name`` for ``spec``'s version (cached like the zips)."""
+    if spec.kind != "opensearch":
+        raise EngineStartError(f"no published module artifacts for {spec.kind}")
+    artifact = f"org.opensearch.plugin:{name}:{spec.version}:jar"
+    return _mvn_copy(artifact, f"{name}-{spec.version}.jar", _cache_dir(cache_dir), artifact)
+
+
+def _install_module(home: Path, spec: EngineSpec, name: str, jar: Path) -> None:
+    """Lay out ``modules/<name>/`` from its jar, with the plugin descriptor it needs."""
+    with zipfile.ZipFile(jar) as archive:
+        plugins = sorted(
+            n
+            for n in archive.namelist()
+            if n.endswith("Plugin.class") and "$" not in n and n.count("/") >= 3
+        )
+    if not plugins:
+        raise EngineStartError(f"{jar} holds no plugin class")
+    folder = home / "modules" / name
+    folder.mkdir(parents=True, exist_ok=True)
+    shutil.copy2(jar, folder / jar.name)
+    classname = plugins[0][: -len(".class")].replace("/", ".")
+    (folder / "plugin-descriptor.properties").write_text(
+        f"description={name} module (from Maven Central)\nversion={spec.version}\n"
+        f"name={name}\nclassname={classname}\njava.version={spec.min_java}\n"
+        f"opensearch.version={spec.version}\nextended.plugins=\nhas.native.controller=false\n"
+    )
 
 
 # --------------------------------------------------------------------------- node
@@ -291,7 +335,8 @@ class EngineNode:
     """One single-node Elasticsearch/OpenSearch cluster on a free loopback port.
 
     Use as a context manager, or call :meth:`start` and :meth:`stop`.  ``heap`` is
-    the JVM heap (``-Xms``/``-Xmx``); ``java_home`` overrides the JDK choice.
+    the JVM heap (``-Xms``/``-Xmx``); ``java_home`` overrides the JDK choice; ``modules``
+    are extra modules from Maven Central (default :data:`DEFAULT_MODULES`).
     """
 
     def __init__(
@@ -303,8 +348,10 @@ class EngineNode:
         cache_dir: Path | str | None = None,
         startup_timeout: float = 180.0,
         settings: dict[str, str] | None = None,
+        modules: Sequence[str] | None = None,
     ) -> None:
         self.spec = EngineSpec.parse(spec) if isinstance(spec, str) else spec
+        self.modules = tuple(DEFAULT_MODULES[self.spec.kind] if modules is None else modules)
         self.heap = heap
         self.java_home = Path(java_home) if java_home else None
         self.cache_dir = cache_dir
@@ -377,6 +424,8 @@ class EngineNode:
         home = self.workdir / f"{self.spec.kind}-{self.version}"
         if not home.is_dir():
             raise EngineStartError(f"{archive} has no top folder {home.name}/")
+        for name in self.modules:
+            _install_module(home, self.spec, name, fetch_module(self.spec, name, self.cache_dir))
         data, logs, tmp = (self.workdir / name for name in ("data", "logs", "tmp"))
         for path in (data, logs, tmp):
             path.mkdir()
@@ -557,6 +606,8 @@ def _run_command(command: str, specs: list[EngineSpec], args: argparse.Namespace
     if command == "fetch":
         for spec in specs:
             print(f"{spec} {fetch(spec)}", flush=True)
+            for name in DEFAULT_MODULES[spec.kind]:
+                print(f"{spec} {fetch_module(spec, name)}", flush=True)
         return 0
 
     stop = threading.Event()

@@ -5,7 +5,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from crossrank.adapters.evaluate import evaluate, index_collection, load_beir, write_outputs
+from crossrank.adapters.evaluate import (
+    evaluate,
+    index_collection,
+    load_beir,
+    pick_analyzer,
+    write_outputs,
+)
 from crossrank.adapters.train import self_supervised_groups
 from crossrank.reranker import LocalScorer, RerankConfig, ScoreRequest
 from crossrank.reranker.training import TrainSettings, train
@@ -79,3 +85,14 @@ def test_train_self_supervised_from_the_index(
     )
     scorer = LocalScorer(RerankConfig(model=str(out)))
     assert len(scorer.score([ScoreRequest(groups[0].query, [groups[0].positive])])[0].scores) == 1
+
+
+def test_strong_bm25_analyzer_where_the_engine_has_it(engine: Any) -> None:
+    """OpenSearch nodes get analysis-common from Maven Central (english analyzer); the
+    Elasticsearch integ-test zips have no such module, so eval falls back to standard."""
+    client = engine.client()
+    expected = "standard" if engine.is_es else "english"
+    assert pick_analyzer(client) == expected
+    if not engine.is_es:
+        tokens = client.indices.analyze(body={"analyzer": "english", "text": "The flows"})
+        assert [t["token"] for t in tokens["tokens"]] == ["flow"]
