@@ -99,20 +99,31 @@ def parse_msearch(body: Any) -> list[dict[str, Any]]:
     return [dict(item) if isinstance(item, Mapping) else item for item in body]
 
 
-def msearch_flow(body: Any, config: RerankConfig) -> Flow:
+def msearch_flow(
+    body: Any,
+    config: RerankConfig,
+    item_configs: Sequence[RerankConfig | RerankOptionsError] | None = None,
+) -> Flow:
     """One ``_msearch``: every item planned, all pairs scored together, items rewritten.
 
     An item whose query text cannot be found gets an engine-style error of its own; the
     other items are unaffected. Items the engine answered with an error pass through.
+    ``item_configs`` (optional, one per item) gives each item its own config, or an error
+    that item answers with; ``config`` still decides ``on_scorer_error``.
     """
     lines = parse_msearch(body)
     if len(lines) % 2:
         raise RerankOptionsError("msearch body must be header/body pairs")
+    if item_configs is not None and len(item_configs) != len(lines) // 2:
+        raise ValueError("item_configs needs one entry per msearch item")
     plans: list[SearchPlan | dict[str, Any]] = []
     out_lines: list[Any] = []
-    for header, item in zip(lines[::2], lines[1::2]):
+    for k, (header, item) in enumerate(zip(lines[::2], lines[1::2])):
+        item_config = config if item_configs is None else item_configs[k]
         try:
-            plan: SearchPlan | dict[str, Any] = plan_search(item, {}, config)
+            if isinstance(item_config, RerankOptionsError):
+                raise item_config
+            plan: SearchPlan | dict[str, Any] = plan_search(item, {}, item_config)
         except (QueryTextError, RerankOptionsError) as exc:
             plan = error_item(400, "illegal_argument_exception", str(exc))
         plans.append(plan)

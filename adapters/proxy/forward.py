@@ -1,0 +1,140 @@
+"""Bytes to and from the upstream engine: one httpx client, headers, timeouts, TLS.
+
+Transport only: nothing here knows what a search is. Connection failures become
+:class:`UpstreamError` (502; 504 on timeouts); upstream responses, errors included, are
+returned as they came.
+"""
+
+from __future__ import annotations
+
+import ssl
+from collections.abc import AsyncIterator, Iterable
+from typing import Any
+
+import httpx
+
+from .errors import UpstreamError
+from .settings import ProxySettings
+
+__all__ = ["HOP_BY_HOP", "Upstream", "client_headers", "response_headers", "ssl_context"]
+
+#: Never forwarded in either direction (RFC 9110 §7.6.1), plus what the proxy sets itself.
+HOP_BY_HOP = frozenset(
+    {
+        b"connection",
+        b"keep-alive",
+        b"proxy-authenticate",
+        b"proxy-connection",
+        b"te",
+        b"trailer",
+        b"transfer-encoding",
+        b"upgrade",
+        b"host",
+    }
+)
+
+Headers = list[tuple[bytes, bytes]]
+
+
+def ssl_context(settings: ProxySettings) -> ssl.SSLContext | bool:
+    """TLS for the upstream: verification on/off, a CA file, a client certificate."""
+    if not settings.upstream.startswith("https://"):
+        return True
+    ctx = ssl.create_default_context(cafile=settings.ca_file)
+    if not settings.verify:
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
+    if settings.client_cert:
+        ctx.load_cert_chain(settings.client_cert, settings.client_key)
+    return ctx
+
+
+def client_headers(headers: Iterable[tuple[bytes, bytes]], drop: Iterable[bytes] = ()) -> Headers:
+    """The client's headers to send upstream: credentials included, hop-by-hop removed."""
+    skip = HOP_BY_HOP | {d.lower() for d in drop}
+    return [(k, v) for k, v in headers if k.lower() not in skip]
+
+
+def response_headers(response: httpx.Response, *, raw: bool) -> Headers:
+    """The upstream's response headers for the client.
+
+    ``raw``: the body is relayed as received (length and encoding kept); otherwise the
+    proxy writes a new body and sets those itself.
+    """
+    skip = HOP_BY_HOP if raw else HOP_BY_HOP | {b"content-length", b"content-encoding"}
+    return [(k, v) for k, v in response.headers.raw if k.lower() not in skip]
+
+
+class Upstream:
+    """The engine behind the proxy."""
+
+    def __init__(
+        self, settings: ProxySettings, transport: httpx.AsyncBaseTransport | None = None
+    ) -> None:
+        self.base = settings.upstream
+        timeout = httpx.Timeout(settings.upstream_timeout, connect=settings.connect_timeout)
+        self.client = httpx.AsyncClient(
+            verify=ssl_context(settings),
+            timeout=timeout,
+            transport=transport,
+            follow_redirects=False,
+            limits=httpx.Limits(max_connections=256, max_keepalive_connections=64),
+            trust_env=False,
+        )
+
+    def url(self, raw_path: str, query: bytes | str = b"") -> str:
+        query = query.decode("latin-1") if isinstance(query, bytes) else query
+        return f"{self.base}{raw_path}" + (f"?{query}" if query else "")
+
+    async def send(
+        self,
+        method: str,
+        url: str,
+        headers: Headers,
+        content: bytes | AsyncIterator[bytes] | None,
+        *,
+        stream: bool,
+    ) -> httpx.Response:
+        """Send one request; ``stream``: the body is left unread (relay it, then close)."""
+        request = self.client.build_request(
+            method, httpx.URL(url), headers=headers, content=content
+        )
+        try:
+            return await self.client.send(request, stream=stream)
+        except httpx.TimeoutException as exc:
+            raise UpstreamError(
+                f"upstream timed out: {type(exc).__name__}",
+                kind="crossrank_upstream_timeout_exception",
+                status=504,
+            ) from exc
+        except httpx.HTTPError as exc:
+            raise UpstreamError(f"upstream unreachable: {type(exc).__name__}: {exc}") from exc
+
+    async def ping(self) -> int:
+        """Status of ``GET /`` on the upstream (any answer means reachable)."""
+        response = await self.send("GET", self.url("/"), [], None, stream=False)
+        return response.status_code
+
+    async def aclose(self) -> None:
+        await self.client.aclose()
+
+
+async def relay_raw(response: httpx.Response) -> AsyncIterator[bytes]:
+    """The upstream body as received (still compressed), closing the response at the end."""
+    try:
+        async for chunk in response.aiter_raw():
+            yield chunk
+    finally:
+        await response.aclose()
+
+
+def header(headers: Iterable[tuple[bytes, bytes]], name: bytes) -> bytes | None:
+    """The first value of header ``name`` (lower case), or None."""
+    for key, value in headers:
+        if key.lower() == name:
+            return value
+    return None
+
+
+def as_text(value: Any) -> str:
+    return value.decode("latin-1") if isinstance(value, bytes) else str(value)

@@ -1,0 +1,337 @@
+"""The async shell of a reranked ``_search`` / ``_msearch``: bytes in, bytes out.
+
+Decisions live elsewhere: per-request control in :mod:`.control`, planning and rewriting in
+the core flows (``search_flow`` / ``msearch_flow`` driven by ``run_async``), response
+filtering in :mod:`.filtering`. This module parses, moves bytes to the upstream through an
+engine callable, and serialises. When the client's ``filter_path`` or ``_source`` would hide
+what scoring needs, the engine is asked for everything and the client's filters are applied
+to the rewritten response.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import parse_qsl, urlencode
+
+import httpx
+
+from crossrank.adapters._flow import (
+    PASSTHROUGH,
+    EngineCall,
+    msearch_flow,
+    run_async,
+    search_flow,
+)
+from crossrank.reranker.config import RerankConfig
+from crossrank.reranker.errors import RerankOptionsError
+
+from .control import ConfigResolver, Control, extract_control
+from .errors import BadRequest
+from .filtering import SourceFilter, filter_path, parse_source
+from .forward import Headers, Upstream, client_headers, header, relay_raw, response_headers
+from .metrics import ProxyMetrics, Timer
+from .routing import Route
+from .scorers import BudgetScorer, Scorers
+from .settings import ProxySettings, scorer_key
+
+__all__ = ["Incoming", "Outgoing", "SearchHandler"]
+
+FALLBACK_HEADER = b"x-crossrank-fallback"
+_SOURCE_PARAMS = ("_source", "_source_includes", "_source_excludes")
+_NON_JSON = (b"yaml", b"cbor", b"smile")
+
+
+@dataclass
+class Incoming:
+    """One client request, its body read (``body`` decompressed, ``raw_body`` as sent)."""
+
+    method: str
+    raw_path: str
+    query: bytes
+    headers: Headers
+    raw_body: bytes
+    body: bytes
+
+
+@dataclass
+class Outgoing:
+    """A response for the client; ``body`` bytes or a stream; ``info`` for the access log."""
+
+    status: int
+    headers: Headers
+    body: bytes | AsyncIterator[bytes]
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+class _Reply(Exception):
+    """The upstream answered in a way the flow cannot use: return it as it is."""
+
+    def __init__(self, response: httpx.Response) -> None:
+        self.response = response
+
+
+def _parse_json(data: bytes, what: str) -> Any:
+    try:
+        return json.loads(data)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise BadRequest(f"failed to parse {what}: {exc}", kind="parse_exception") from None
+
+
+def _parse_ndjson(data: bytes) -> list[Any]:
+    lines = []
+    for n, line in enumerate(data.split(b"\n"), 1):
+        if line.strip():
+            lines.append(_parse_json(line, f"_msearch line {n}"))
+    if len(lines) % 2:
+        raise BadRequest("_msearch body must be header/body line pairs", kind="parse_exception")
+    for n, line in enumerate(lines, 1):
+        if not isinstance(line, dict):
+            raise BadRequest(f"_msearch line {n} must be a JSON object", kind="parse_exception")
+    return lines
+
+
+def _dumps(value: Any, pretty: bool) -> bytes:
+    if pretty:
+        return json.dumps(value, ensure_ascii=False, indent=2).encode()
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode()
+
+
+def _item_indices(item_header: Mapping[str, Any], route: Route) -> tuple[str, ...]:
+    index = item_header.get("index")
+    if isinstance(index, str):
+        return tuple(i.strip() for i in index.split(",") if i.strip())
+    if isinstance(index, list):
+        return tuple(str(i) for i in index)
+    return route.indices
+
+
+class _Exchange:
+    """The engine callable of one request (the flows' only I/O besides scoring)."""
+
+    def __init__(
+        self,
+        upstream: Upstream,
+        req: Incoming,
+        params: list[tuple[str, str]],
+        original: bytes,
+        original_query: bytes,
+        widen: bool,
+        metrics: ProxyMetrics,
+    ) -> None:
+        self.upstream, self.req, self.params = upstream, req, params
+        self.original, self.original_query = original, original_query
+        self.widen, self.metrics = widen, metrics
+        self.raw: httpx.Response | None = None
+        self.response: httpx.Response | None = None
+
+    def _serialise(self, body: Any) -> bytes:
+        if isinstance(body, list):  # msearch lines
+            lines = []
+            for n, line in enumerate(body):
+                if n % 2 and self.widen and isinstance(line, dict):
+                    line = {k: v for k, v in line.items() if k != "_source"}
+                lines.append(json.dumps(line, ensure_ascii=False))
+            return ("\n".join(lines) + "\n").encode()
+        if self.widen:
+            body = {k: v for k, v in body.items() if k != "_source"}
+        return json.dumps(body, ensure_ascii=False).encode()
+
+    async def __call__(self, call: EngineCall) -> Any:
+        timer = Timer()
+        try:
+            if call.original:
+                raw_unchanged = self.original is self.req.raw_body
+                headers = client_headers(
+                    self.req.headers,
+                    () if raw_unchanged else (b"content-length", b"content-encoding"),
+                )
+                url = self.upstream.url(self.req.raw_path, self.original_query)
+                content = self.original or None
+                self.raw = await self.upstream.send(
+                    self.req.method, url, headers, content, stream=True
+                )
+                return None
+            drop = {*call.drop_params, "filter_path", *(_SOURCE_PARAMS if self.widen else ())}
+            query = urlencode([(k, v) for k, v in self.params if k not in drop])
+            headers = client_headers(self.req.headers, (b"content-length", b"content-encoding"))
+            if header(headers, b"content-type") is None:
+                headers.append((b"content-type", b"application/json"))
+            url = self.upstream.url(self.req.raw_path, query)
+            response = await self.upstream.send(
+                self.req.method, url, headers, self._serialise(call.body), stream=False
+            )
+            self.response = response
+            if response.status_code >= 300:
+                raise _Reply(response)
+            try:
+                return response.json()
+            except ValueError:
+                raise _Reply(response) from None
+        finally:
+            self.metrics.stage.labels("engine").observe(timer.seconds)
+
+
+class SearchHandler:
+    """Reranked ``_search`` and ``_msearch`` against one upstream."""
+
+    def __init__(
+        self,
+        settings: ProxySettings,
+        upstream: Upstream,
+        resolver: ConfigResolver,
+        scorers: Scorers,
+        metrics: ProxyMetrics,
+    ) -> None:
+        self.settings, self.upstream, self.resolver = settings, upstream, resolver
+        self.scorers, self.metrics = scorers, metrics
+
+    def _budget(self, budgets: list[float | None]) -> float | None:
+        given = [b for b in [*budgets, self.settings.latency_budget_ms] if b is not None]
+        return min(given) / 1000 if given else None
+
+    @staticmethod
+    def _rerankable(req: Incoming, params: Mapping[str, str]) -> bool:
+        """JSON in and out; other formats (yaml, cbor, smile) are forwarded untouched."""
+        if params.get("format", "json").lower() != "json":
+            return False
+        for name in (b"content-type", b"accept"):
+            value = (header(req.headers, name) or b"").lower()
+            if any(kind in value for kind in _NON_JSON):
+                return False
+        return True
+
+    async def handle(self, req: Incoming, route: Route) -> Outgoing:
+        """Answer one search or msearch."""
+        pairs = parse_qsl(req.query.decode("latin-1"), keep_blank_values=True)
+        params = dict(pairs)
+        if not self._rerankable(req, params):
+            exchange = _Exchange(
+                self.upstream, req, pairs, req.raw_body, req.query, False, self.metrics
+            )
+            await exchange(EngineCall(None, original=True))
+            return self._relay(exchange)
+        timer = Timer()
+        if route.kind == "msearch":
+            out = await self._msearch(req, route, pairs, params)
+        else:
+            out = await self._search(req, route, pairs, params)
+        if out.info.get("reranked") is not None:
+            self.metrics.stage.labels("total").observe(timer.seconds)
+        return out
+
+    async def _search(
+        self, req: Incoming, route: Route, pairs: list[tuple[str, str]], params: dict[str, str]
+    ) -> Outgoing:
+        body = _parse_json(req.body, "request body") if req.body.strip() else None
+        control = extract_control(body, params)
+        config = self.resolver.resolve(route.indices, control.options)
+        flow_params = {k: v for k, v in params.items() if k not in control.drop_params}
+        source = parse_source(control.body.get("_source"), params)
+        widen = source is not None and config.source == "_source"
+        pairs = [(k, v) for k, v in pairs if k not in control.drop_params]
+        if control.changed:
+            original = json.dumps(control.body, ensure_ascii=False).encode()
+            query = urlencode(pairs).encode()
+        else:
+            original, query = req.raw_body, req.query
+        exchange = _Exchange(self.upstream, req, pairs, original, query, widen, self.metrics)
+        scorer = BudgetScorer(self.scorers, config, self._budget([control.budget_ms]), self.metrics)
+        flow = search_flow(control.body if body is not None else None, flow_params, config)
+        try:
+            out = await run_async(flow, exchange, scorer)
+        except _Reply as reply:
+            return self._reply(reply.response)
+        if out is PASSTHROUGH:
+            return self._relay(exchange)
+        if widen and source is not None:
+            source.apply(out.get("hits", {}).get("hits", []))
+        return self._rewritten(out, [out], exchange, params)
+
+    async def _msearch(
+        self, req: Incoming, route: Route, pairs: list[tuple[str, str]], params: dict[str, str]
+    ) -> Outgoing:
+        lines = _parse_ndjson(req.body)
+        configs: list[RerankConfig | RerankOptionsError] = []
+        sources: list[SourceFilter | None] = []
+        budgets: list[float | None] = []
+        changed = False
+        for n in range(0, len(lines), 2):
+            item_header, item = lines[n], lines[n + 1]
+            sources.append(None)
+            try:
+                control: Control = extract_control(item, {})
+                config = self.resolver.resolve(_item_indices(item_header, route), control.options)
+            except BadRequest as exc:
+                configs.append(RerankOptionsError(exc.reason))
+                continue
+            lines[n + 1] = control.body
+            changed = changed or control.changed
+            configs.append(config)
+            budgets.append(control.budget_ms)
+            if config.source == "_source":
+                sources[-1] = parse_source(control.body.get("_source"), {})
+        active = [c for c in configs if isinstance(c, RerankConfig) and c.enabled]
+        if len({scorer_key(c) for c in active}) > 1:
+            raise BadRequest("the reranked items of one _msearch must use the same model")
+        base = active[0] if active else self.resolver.for_indices(route.indices)
+        widen = any(s is not None for s in sources)
+        if changed:
+            original = b"".join(json.dumps(line).encode() + b"\n" for line in lines)
+        else:
+            original = req.raw_body
+        exchange = _Exchange(self.upstream, req, pairs, original, req.query, widen, self.metrics)
+        scorer = BudgetScorer(self.scorers, base, self._budget(budgets), self.metrics)
+        try:
+            out = await run_async(msearch_flow(lines, base, configs), exchange, scorer)
+        except _Reply as reply:
+            return self._reply(reply.response)
+        if out is PASSTHROUGH:
+            return self._relay(exchange)
+        items = out.get("responses", [])
+        for item_out, source in zip(items, sources):
+            if widen and source is not None and isinstance(item_out, dict):
+                source.apply(item_out.get("hits", {}).get("hits", []))
+        return self._rewritten(out, items, exchange, params)
+
+    def _rewritten(
+        self, out: Any, results: list[Any], exchange: _Exchange, params: Mapping[str, str]
+    ) -> Outgoing:
+        reranked = fallbacks = 0
+        for result in results:
+            meta = result.get("_rerank") if isinstance(result, dict) else None
+            if isinstance(meta, dict):
+                fallbacks += bool(meta.get("fallback"))
+                reranked += int(meta.get("reranked", 0))
+        self.metrics.reranked_hits.inc(reranked)
+        self.metrics.fallbacks.inc(fallbacks)
+        if "filter_path" in params:
+            out = filter_path(out, params["filter_path"])
+        pretty = params.get("pretty", "false").lower() in ("", "true")
+        data = _dumps(out, pretty)
+        assert exchange.response is not None
+        headers = response_headers(exchange.response, raw=False)
+        accept = (header(exchange.req.headers, b"accept-encoding") or b"").lower()
+        if b"gzip" in accept:
+            data = gzip.compress(data, compresslevel=1)
+            headers.append((b"content-encoding", b"gzip"))
+        headers.append((b"content-length", str(len(data)).encode()))
+        if fallbacks:
+            headers.append((FALLBACK_HEADER, str(fallbacks).encode()))
+        info = {"reranked": reranked, "fallbacks": fallbacks}
+        return Outgoing(exchange.response.status_code, headers, data, info)
+
+    @staticmethod
+    def _reply(response: httpx.Response) -> Outgoing:
+        headers = response_headers(response, raw=False)
+        headers.append((b"content-length", str(len(response.content)).encode()))
+        return Outgoing(response.status_code, headers, response.content)
+
+    @staticmethod
+    def _relay(exchange: _Exchange) -> Outgoing:
+        raw = exchange.raw
+        assert raw is not None
+        return Outgoing(raw.status_code, response_headers(raw, raw=True), relay_raw(raw))

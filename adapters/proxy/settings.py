@@ -1,0 +1,136 @@
+"""Proxy settings: the upstream, listening, TLS, limits, and the rerank side.
+
+The rerank side is one :class:`RerankConfig` (shared with the wrappers and the scorer),
+plus optional defaults per index pattern read from a JSON, YAML or TOML file::
+
+    {"indices": [{"pattern": "logs-*", "rerank": {"fields": ["message"], "window": 50}},
+                 {"pattern": "docs", "rerank": {"model": "/models/ce", "template": "{title}"}}]}
+
+Rules are tried in order; the first whose pattern matches every index of a request wins.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from crossrank.reranker.config import SCORER_FIELDS, RerankConfig
+from crossrank.reranker.errors import CrossrankError, RerankOptionsError
+
+__all__ = ["IndexRule", "ProxySettings", "load_rules", "scorer_key"]
+
+
+class IndexRule(BaseModel):
+    """Rerank defaults for the indices matching ``pattern`` (``*`` wildcards, comma lists)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    pattern: str
+    rerank: dict[str, Any] = Field(default_factory=dict)
+
+    def matches(self, indices: Sequence[str]) -> bool:
+        """True when every index name (or pattern) of the request matches this rule."""
+        pats = [p.strip() for p in self.pattern.split(",") if p.strip()]
+        names = [i for i in indices if i and not i.startswith("-")]
+        return bool(names) and all(any(fnmatch.fnmatchcase(n, p) for p in pats) for n in names)
+
+
+class ProxySettings(BaseModel):
+    """Everything the proxy needs; built by the CLI from flags, or in code."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    upstream: str
+    host: str = "127.0.0.1"
+    port: int = Field(9299, ge=0, le=65535)
+    # TLS to the upstream
+    verify: bool = True
+    ca_file: str | None = None
+    client_cert: str | None = None
+    client_key: str | None = None
+    # timeouts (seconds) on every upstream call
+    connect_timeout: float = Field(5.0, gt=0)
+    upstream_timeout: float = Field(60.0, gt=0)
+    # limits
+    max_body_bytes: int = Field(100 * 1024 * 1024, ge=1)
+    latency_budget_ms: float | None = Field(None, gt=0)
+    # optional proxy-level token, checked and stripped
+    token: str | None = Field(None, repr=False)
+    token_header: str = "x-crossrank-token"
+    # rerank side
+    rerank: RerankConfig = Field(default_factory=RerankConfig)
+    rules: tuple[IndexRule, ...] = ()
+    #: extra models a request may ask for (``ext.crossrank.model``); rule models are allowed too
+    models: tuple[str, ...] = ()
+    #: ``module:callable`` taking a RerankConfig and returning a Scorer (default: make_scorer)
+    scorer_factory: str | None = None
+    preload: bool = True
+
+    @field_validator("upstream")
+    @classmethod
+    def _url(cls, value: str) -> str:
+        if not value.startswith(("http://", "https://")):
+            raise ValueError("upstream must be an http:// or https:// URL")
+        return value.rstrip("/")
+
+    @field_validator("token_header")
+    @classmethod
+    def _lower(cls, value: str) -> str:
+        return value.lower()
+
+    def rule_configs(self) -> list[tuple[IndexRule, RerankConfig]]:
+        """Each rule with its full config (scorer fields included), validated."""
+        out = []
+        for rule in self.rules:
+            try:
+                cfg = RerankConfig.model_validate({**self.rerank.model_dump(), **rule.rerank})
+            except ValidationError as exc:
+                msg = f"bad rerank defaults for {rule.pattern!r}: {exc}"
+                raise RerankOptionsError(msg) from exc
+            out.append((rule, cfg))
+        return out
+
+    def allowed_models(self) -> frozenset[str]:
+        """Models a request may select: the default, the rules' and ``models``."""
+        rule_models = {str(r.rerank["model"]) for r in self.rules if "model" in r.rerank}
+        return frozenset({self.rerank.model, *self.models, *rule_models})
+
+
+def load_rules(path: str | Path) -> tuple[IndexRule, ...]:
+    """Index rules from a ``.json``, ``.yaml``/``.yml`` or ``.toml`` file."""
+    path = Path(path)
+    text = path.read_text(encoding="utf-8")
+    suffix = path.suffix.lower()
+    data: Any
+    try:
+        if suffix in (".yaml", ".yml"):
+            import yaml
+
+            data = yaml.safe_load(text)
+        elif suffix == ".toml":
+            try:
+                import tomllib
+            except ModuleNotFoundError:  # Python 3.10
+                import tomli as tomllib
+            data = tomllib.loads(text)
+        else:
+            data = json.loads(text)
+    except Exception as exc:
+        raise CrossrankError(f"cannot read defaults file {path}: {exc}") from exc
+    items = data.get("indices", []) if isinstance(data, dict) else data
+    if not isinstance(items, list):
+        raise CrossrankError(f"{path}: expected a list under 'indices'")
+    try:
+        return tuple(IndexRule.model_validate(item) for item in items)
+    except ValidationError as exc:
+        raise CrossrankError(f"{path}: {exc}") from exc
+
+
+def scorer_key(config: RerankConfig) -> tuple[tuple[str, Any], ...]:
+    """What identifies a scorer: the config's scorer fields."""
+    return tuple((name, getattr(config, name)) for name in sorted(SCORER_FIELDS))

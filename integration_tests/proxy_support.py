@@ -1,0 +1,123 @@
+"""A real ``crossrank proxy`` subprocess for the proxy tests, and a scorer that misbehaves.
+
+:func:`faulty_scorer` is the test-only scorer factory (``--scorer-factory``): it scores by
+word overlap, fails on queries containing ``FAIL`` and stalls on ``SLOW``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from crossrank.reranker import RerankConfig, ScoreRequest, ScoreResult
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+class FaultyScorer:
+    """Word overlap; raises on ``FAIL`` queries, sleeps 3 s on ``SLOW`` queries."""
+
+    name = "faulty"
+
+    def score(self, requests: Sequence[ScoreRequest]) -> list[ScoreResult]:
+        if any("FAIL" in r.query for r in requests):
+            raise ConnectionError("scorer unreachable (on purpose)")
+        out = []
+        for r in requests:
+            words = set(r.query.lower().split())
+            scores = [float(len(words & set(d.lower().split()))) for d in r.documents]
+            out.append(ScoreResult(scores, model=self.name))
+        return out
+
+    async def ascore(self, requests: Sequence[ScoreRequest]) -> list[ScoreResult]:
+        if any("SLOW" in r.query for r in requests):
+            await asyncio.sleep(3)
+        return self.score(requests)
+
+
+def faulty_scorer(config: RerankConfig) -> FaultyScorer:
+    """The ``--scorer-factory`` entry point."""
+    return FaultyScorer()
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@dataclass
+class ProxyProcess:
+    """A running proxy: its URL, process and log file (JSON lines on stderr)."""
+
+    url: str
+    proc: subprocess.Popen[bytes]
+    log: Path
+
+    def logs(self) -> str:
+        return self.log.read_text(errors="replace")
+
+    def stop(self, timeout: float = 30.0) -> bool:
+        """SIGTERM, then SIGKILL; True when it shut down gracefully.
+
+        uvicorn re-raises the signal once shutdown is complete, so the exit status is -SIGTERM.
+        """
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        graceful = "Application shutdown complete." in self.logs()
+        return graceful and self.proc.returncode in (0, -signal.SIGTERM)
+
+
+def start_proxy(upstream: str, *args: str, startup_timeout: float = 180.0) -> ProxyProcess:
+    """Start ``crossrank proxy`` on a free port and wait for its health endpoint."""
+    port = free_port()
+    log = Path(tempfile.mkstemp(prefix="crossrank-proxy-", suffix=".log")[1])
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]),
+    }
+    cmd = [sys.executable, "-m", "crossrank.adapters.cli", "proxy", "--upstream", upstream]
+    cmd += ["--port", str(port), *args]
+    with log.open("wb") as fh:
+        proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, cwd=REPO, env=env)
+    proxy = ProxyProcess(f"http://127.0.0.1:{port}", proc, log)
+    deadline = time.monotonic() + startup_timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"proxy exited with {proc.returncode}:\n{proxy.logs()[-3000:]}")
+        try:
+            if httpx.get(f"{proxy.url}/_crossrank/health", timeout=2).status_code == 200:
+                return proxy
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.3)
+    proxy.stop()
+    raise RuntimeError(f"proxy did not start in {startup_timeout}s:\n{proxy.logs()[-3000:]}")
+
+
+def official(engine: Any, url: str, **kwargs: Any) -> Any:
+    """The engine's official client (not the wrapper) pointed at ``url``."""
+    if engine.is_es:
+        from elasticsearch import Elasticsearch
+
+        return Elasticsearch(url, request_timeout=60, **kwargs)
+    from opensearchpy import OpenSearch
+
+    return OpenSearch(hosts=[url], timeout=60, **kwargs)
