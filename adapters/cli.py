@@ -6,9 +6,10 @@ Each subcommand module exposes ``main(argv) -> int`` and is imported only when u
 
 from __future__ import annotations
 
+import argparse
 import importlib
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 #: subcommand → (module with ``main(argv)``, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -19,6 +20,13 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "serve": ("crossrank.reranker.service.cli", "run the batching scorer service"),
     "proxy": ("crossrank.adapters.proxy.cli", "run the reranking search proxy"),
 }
+
+
+def command_parser(name: str) -> argparse.ArgumentParser:
+    """The argument parser of subcommand ``name`` (its module's ``parser()``)."""
+    module = importlib.import_module(COMMANDS[name][0])
+    build: Callable[[], argparse.ArgumentParser] = module.parser
+    return build()
 
 
 def _usage() -> str:

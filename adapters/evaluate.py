@@ -24,7 +24,15 @@ from crossrank.reranker.config import FusionConfig, RerankConfig
 from ._search import fuse_scores
 from .connect import client_for
 
-__all__ = ["Collection", "EvalResult", "evaluate", "load_beir", "main", "pick_analyzer"]
+__all__ = [
+    "Collection",
+    "EvalResult",
+    "evaluate",
+    "load_beir",
+    "main",
+    "parser",
+    "pick_analyzer",
+]
 
 METRICS = ("ndcg@10", "mrr@10")
 
@@ -246,8 +254,8 @@ def format_summary(result: EvalResult) -> str:
     return "\n".join(lines)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of ``crossrank eval``."""
+def parser() -> argparse.ArgumentParser:
+    """The command line of ``crossrank eval``."""
     parser = argparse.ArgumentParser(prog="crossrank eval", description=__doc__)
     parser.add_argument(
         "dataset", type=Path, help="BEIR folder (corpus.jsonl, queries.jsonl, qrels/)"
@@ -263,7 +271,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--max-length", type=int, default=None)
     parser.add_argument("--max-queries", type=int, default=None)
     parser.add_argument("--out", type=Path, default=Path("eval-out"))
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``crossrank eval``."""
+    args = parser().parse_args(argv)
 
     collection = load_beir(args.dataset, args.split)
     if args.max_queries:
