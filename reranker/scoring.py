@@ -62,7 +62,9 @@ def make_scorer(config: RerankConfig) -> Scorer:
     if config.scorer_urls:
         from .remote import RemoteScorer
 
-        return RemoteScorer(config)
+        remote: Scorer = RemoteScorer(config)
+        return remote
     from .local import LocalScorer
 
-    return LocalScorer(config)
+    local: Scorer = LocalScorer(config)
+    return local
