@@ -37,12 +37,12 @@ def _body(resp: Any) -> Any:
 def _scan(
     client: Any, index: str, fields: Sequence[str], size: int = 500
 ) -> Iterator[dict[str, Any]]:
-    """Every document of ``index`` (``_id`` and the fields), in ``_id`` order via search_after."""
+    """Every document of ``index`` (``_id`` and the fields), in index order (``_doc``) via search_after."""
     after: list[Any] | None = None
     while True:
         body: dict[str, Any] = {
             "size": size,
-            "sort": [{"_id": "asc"}],
+            "sort": ["_doc"],
             "_source": list(fields),
             "query": {"match_all": {}},
         }

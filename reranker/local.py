@@ -4,18 +4,28 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
 from .config import RerankConfig
-from .encoding import EncodedPairs, PairEncoder
+from .encoding import EncodedPairs, Ids, PairEncoder
 from .errors import ModelLoadError, ScorerError
 from .scoring import ScoreRequest, ScoreResult
 
-__all__ = ["LocalScorer", "pick_device", "pick_dtype"]
+__all__ = ["LocalScorer", "PaddedBatch", "pick_device", "pick_dtype"]
+
+
+class PaddedBatch(NamedTuple):
+    """Model inputs of one batch, right-padded to its longest row."""
+
+    input_ids: np.ndarray
+    token_type_ids: np.ndarray
+    attention_mask: np.ndarray
+
 
 # Models whose position ids start after the padding index (RoBERTa family).
 _POSITION_OFFSET_MODELS = {"roberta", "xlm-roberta", "camembert", "xlm-roberta-xl", "longformer"}
@@ -45,10 +55,17 @@ def _cpu_has_fast_bf16() -> bool:
 
 def pick_dtype(device: str, requested: str = "auto") -> Any:
     """``auto`` → bf16 (fp16 where bf16 is unsupported) on GPUs; bf16 on CPUs with
-    AMX/AVX512-BF16, where it runs several times faster than fp32; fp32 otherwise."""
+    AMX/AVX512-BF16 (where bf16 matmuls run several times faster); fp32 otherwise."""
     import torch
 
     if requested != "auto":
+        if requested == "bfloat16" and device == "cpu" and not _cpu_has_fast_bf16():
+            warnings.warn(
+                "bfloat16 on a CPU without AMX/AVX512-BF16 is much slower than float32 "
+                "(measured 7-14x on AVX2); dtype='auto' picks float32 here",
+                RuntimeWarning,
+                stacklevel=2,
+            )
         return getattr(torch, requested)
     if device.startswith("cuda"):
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
@@ -131,23 +148,31 @@ class LocalScorer:
             batches.append(current)
         return batches
 
-    def _forward(self, enc: EncodedPairs, rows: list[int]) -> np.ndarray:
-        torch = self._torch
-        width = max(len(enc.input_ids[r]) for r in rows)
-        ids = np.full((len(rows), width), self._pad_id, dtype=np.int64)
-        types = np.zeros((len(rows), width), dtype=np.int64)
-        mask = np.zeros((len(rows), width), dtype=np.int64)
-        for i, r in enumerate(rows):
-            n = len(enc.input_ids[r])
-            ids[i, :n] = enc.input_ids[r]
-            types[i, :n] = enc.token_type_ids[r]
+    def pad(self, input_ids: Sequence[Ids], token_type_ids: Sequence[Ids]) -> PaddedBatch:
+        """Right-pad encoded rows to the longest one: (ids, token types, attention mask)."""
+        width = max(len(row) for row in input_ids)
+        ids = np.full((len(input_ids), width), self._pad_id, dtype=np.int64)
+        types = np.zeros((len(input_ids), width), dtype=np.int64)
+        mask = np.zeros((len(input_ids), width), dtype=np.int64)
+        for i, (row, row_types) in enumerate(zip(input_ids, token_type_ids)):
+            n = len(row)
+            ids[i, :n] = row
+            types[i, :n] = row_types
             mask[i, :n] = 1
+        return PaddedBatch(ids, types, mask)
+
+    def forward(self, batch: PaddedBatch) -> np.ndarray:
+        """Scores of one padded batch (one-label logit or two-label margin; sigmoid if set).
+
+        Not serialised: callers that share the scorer across threads run one at a time.
+        """
+        torch = self._torch
         inputs = {
-            "input_ids": torch.from_numpy(ids).to(self.device),
-            "attention_mask": torch.from_numpy(mask).to(self.device),
+            "input_ids": torch.from_numpy(batch.input_ids).to(self.device),
+            "attention_mask": torch.from_numpy(batch.attention_mask).to(self.device),
         }
         if self._uses_types:
-            inputs["token_type_ids"] = torch.from_numpy(types).to(self.device)
+            inputs["token_type_ids"] = torch.from_numpy(batch.token_type_ids).to(self.device)
         with torch.inference_mode():
             logits = self.model(**inputs).logits.float()
         scores = logits[:, 0] if self.num_labels == 1 else logits[:, 1] - logits[:, 0]
@@ -155,6 +180,10 @@ class LocalScorer:
             scores = torch.sigmoid(scores)
         out: np.ndarray = scores.cpu().numpy()
         return out
+
+    def _forward(self, enc: EncodedPairs, rows: list[int]) -> np.ndarray:
+        ids = [enc.input_ids[r] for r in rows]
+        return self.forward(self.pad(ids, [enc.token_type_ids[r] for r in rows]))
 
     def encode(self, requests: Sequence[ScoreRequest]) -> EncodedPairs:
         """Tokenize and assemble the pairs of ``requests`` (documents come from the cache)."""
@@ -168,6 +197,12 @@ class LocalScorer:
         with self._lock:
             for rows in self._batches(enc):
                 row_scores[rows] = self._forward(enc, rows)
+        return self.collect(enc, requests, row_scores)
+
+    def collect(
+        self, enc: EncodedPairs, requests: Sequence[ScoreRequest], row_scores: np.ndarray
+    ) -> list[ScoreResult]:
+        """Per-request results from per-row scores (passages aggregate by max)."""
         if not np.all(np.isfinite(row_scores)):
             raise ScorerError(f"model {self.name!r} produced non-finite scores")
         results = [

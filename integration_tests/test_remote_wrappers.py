@@ -1,0 +1,109 @@
+"""The drop-in wrappers on a real engine with a real remote scorer process, and its faults."""
+
+from __future__ import annotations
+
+import http.server
+import signal
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from crossrank.reranker import LocalScorer, RerankConfig
+
+from .conftest import INDEX
+from .helpers import body_of, ids
+from .scorer_process import ScorerProcess
+
+QUERY = {"match": {"text": "information retrieval systems for documents and indexing"}}
+WINDOW = 15
+
+
+@pytest.fixture(scope="module")
+def service(tiny_model_dir: Path) -> Iterator[ScorerProcess]:
+    proc = ScorerProcess(["--model", str(tiny_model_dir), "--dtype", "float32"]).start()
+    yield proc
+    proc.stop()
+
+
+def config(model: Path, **kw: Any) -> RerankConfig:
+    return RerankConfig(
+        model=str(model), dtype="float32", fields=("title", "text"), window=WINDOW, **kw
+    )
+
+
+def search(client: Any) -> dict[str, Any]:
+    return body_of(client.search(index=INDEX, body={"query": QUERY, "size": WINDOW}))
+
+
+@pytest.mark.parametrize("fmt", ["crossrank", "tei"])
+def test_remote_scorer_gives_the_local_order(
+    engine: Any, service: ScorerProcess, tiny_model_dir: Path, fmt: str
+) -> None:
+    local = search(
+        engine.client(rerank=config(tiny_model_dir), scorer=LocalScorer(config(tiny_model_dir)))
+    )
+    remote_cfg = config(tiny_model_dir, scorer_urls=(service.url,), scorer_format=fmt)
+    remote = search(engine.client(rerank=remote_cfg))  # no scorer=: made from scorer_urls
+    assert "fallback" not in remote["_rerank"]
+    assert ids(remote) == ids(local)
+    assert [h["_score"] for h in remote["hits"]["hits"]] == pytest.approx(
+        [h["_score"] for h in local["hits"]["hits"]], abs=1e-4
+    )
+
+
+def engine_order(engine: Any) -> list[str]:
+    raw = engine.raw_search({"query": QUERY, "size": WINDOW})
+    return [h["_id"] for h in raw["hits"]["hits"]]
+
+
+def test_killed_scorer_falls_back_to_engine_order(engine: Any, tiny_model_dir: Path) -> None:
+    proc = ScorerProcess(["--model", str(tiny_model_dir)]).start()
+    proc.stop(signal.SIGKILL)
+    cfg = config(tiny_model_dir, scorer_urls=(proc.url,), scorer_timeout=3.0, scorer_retries=1)
+    out = search(engine.client(rerank=cfg))
+    assert out["_rerank"]["fallback"] is True
+    assert ids(out) == engine_order(engine)
+
+
+def test_slow_scorer_past_the_deadline_falls_back(
+    engine: Any, service: ScorerProcess, tiny_model_dir: Path
+) -> None:
+    cfg = config(tiny_model_dir, scorer_urls=(service.url,), scorer_timeout=0.001, scorer_retries=0)
+    out = search(engine.client(rerank=cfg))
+    assert out["_rerank"]["fallback"] is True and ids(out) == engine_order(engine)
+
+
+class _Garbage(http.server.BaseHTTPRequestHandler):
+    """A scorer that answers every request with 200 and a body that is not scores."""
+
+    def do_POST(self) -> None:
+        self.rfile.read(int(self.headers.get("Content-Length", 0)))
+        body = b'{"results": "definitely not scores"}'
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+def test_garbage_from_the_scorer_falls_back(engine: Any, tiny_model_dir: Path) -> None:
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Garbage)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}"
+        out = search(engine.client(rerank=config(tiny_model_dir, scorer_urls=(url,))))
+        assert out["_rerank"]["fallback"] is True and ids(out) == engine_order(engine)
+        strict = config(tiny_model_dir, scorer_urls=(url,), on_scorer_error="raise")
+        from crossrank.reranker import ScorerError
+
+        with pytest.raises(ScorerError):
+            engine.client(rerank=strict).search(index=INDEX, body={"query": QUERY})
+    finally:
+        server.shutdown()

@@ -1,0 +1,204 @@
+"""``crossrank serve`` as a real process on loopback, and RemoteScorer against it.
+
+No engine: only this module's fixtures are requested.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from crossrank.reranker import LocalScorer, RerankConfig, ScoreRequest, ScorerError
+from crossrank.reranker.remote import RemoteScorer
+
+from .scorer_process import ScorerProcess, free_port
+
+KEY = "s3cret"
+#: exit statuses of a drained shutdown (uvicorn re-raises SIGTERM after draining)
+GRACEFUL = (0, -signal.SIGTERM)
+AUTH = {"Authorization": f"Bearer {KEY}"}
+QUERY = "boundary layer flow"
+DOCS = ["the boundary layer over a flat plate", "heat transfer to a cylinder", "", "flow " * 700]
+
+
+def fresh_docs(n: int, tag: str, words: int = 120) -> list[str]:
+    """Documents the service has not tokenized yet (no cache hits)."""
+    return [
+        f"{tag} {i} " + " ".join(f"w{(i * 7 + j) % 997}{tag}" for j in range(words))
+        for i in range(n)
+    ]
+
+
+@pytest.fixture(scope="module")
+def service(tiny_model_dir: Path) -> Iterator[ScorerProcess]:
+    args = ["--model", f"tiny={tiny_model_dir}", "--model", f"twin={tiny_model_dir}"]
+    args += ["--dtype", "float32", "--api-key", KEY, "--max-queue-pairs", "200"]
+    args += ["--max-documents", "1000", "--batch-tokens", "2048", "--max-wait-ms", "20"]
+    args += ["--max-body-bytes", "2000000"]
+    proc = ScorerProcess(args).start()
+    yield proc
+    assert proc.stop() in GRACEFUL
+
+
+def remote(proc: ScorerProcess, **kw: Any) -> RemoteScorer:
+    return RemoteScorer(RerankConfig(scorer_urls=(proc.url,), scorer_api_key=KEY, **kw))
+
+
+def local(path: Path) -> LocalScorer:
+    return LocalScorer(RerankConfig(model=str(path), dtype="float32"))
+
+
+async def test_remote_scores_equal_local(service: ScorerProcess, tiny_model_dir: Path) -> None:
+    requests = [ScoreRequest(QUERY, DOCS), ScoreRequest("heat", ["x", "heat"])]
+    expected = local(tiny_model_dir).score(requests)
+    for kw in ({}, {"model": "twin"}, {"scorer_format": "tei"}):
+        scorer = remote(service, **kw)
+        for got in (scorer.score(requests), await scorer.ascore(requests)):
+            assert [g.scores for g in got] == [
+                pytest.approx(e.scores, abs=1e-5) for e in expected
+            ], kw
+        await scorer.aclose()
+    got = remote(service).score(requests)
+    assert got[0].truncated == 1 and got[0].model == "tiny"
+    probs = remote(service, scorer_format="cohere", model="tiny").score(requests)
+    assert all(0 < s < 1 for r in probs for s in r.scores)
+    ranks = sorted(range(4), key=lambda i: -expected[0].scores[i])
+    assert sorted(range(4), key=lambda i: -probs[0].scores[i]) == ranks
+
+
+async def test_concurrent_clients_share_forward_passes(service: ScorerProcess) -> None:
+    before = service.metric("crossrank_forward_passes_total", model="tiny")
+    async with httpx.AsyncClient(base_url=service.url, headers=AUTH, timeout=30) as client:
+        bodies = [{"query": f"q {i}", "texts": fresh_docs(4, f"c{i}", 20)} for i in range(16)]
+        replies = await asyncio.gather(*(client.post("/rerank", json=b) for b in bodies))
+    assert [r.status_code for r in replies] == [200] * 16
+    passes = service.metric("crossrank_forward_passes_total", model="tiny") - before
+    assert 1 <= passes < 16
+    assert service.metric("crossrank_batch_pairs_count", model="tiny") > 0
+
+
+async def test_overload_gives_429_then_recovers(service: ScorerProcess) -> None:
+    async with httpx.AsyncClient(base_url=service.url, headers=AUTH, timeout=60) as client:
+        busy: list[httpx.Response] = []
+        for attempt in range(3):  # the small request must come while the big one is queued
+            body = {"query": "q", "texts": fresh_docs(1000, f"o{attempt}", 12)}
+            big = asyncio.ensure_future(client.post("/rerank", json=body))
+            while not big.done() and not busy:  # admitted alone although over the limit
+                if service.metric("crossrank_queue_pairs", model="tiny") > 200:
+                    r = await client.post("/rerank", json={"query": "q", "texts": ["small"]})
+                    busy += [r] if r.status_code == 429 else []
+                await asyncio.sleep(0.002)
+            assert (await big).status_code == 200
+            if busy:
+                break
+        assert busy, "no 429 while over 200 pairs were queued"
+        assert busy[0].headers["retry-after"] == "1"
+        assert busy[0].json()["error"]["type"] == "overloaded"
+        after = await client.post("/rerank", json={"query": "q", "texts": ["small"]})
+        assert after.status_code == 200
+    assert service.metric("crossrank_requests_total", outcome="overloaded") >= 1
+
+
+async def test_client_disconnect_drops_its_work(service: ScorerProcess) -> None:
+    before = service.metric("crossrank_pairs_dropped_total", model="tiny")
+    async with httpx.AsyncClient(base_url=service.url, headers=AUTH) as client:
+        with pytest.raises(httpx.TimeoutException):
+            await client.post(
+                "/rerank",
+                json={"query": "q", "texts": fresh_docs(1000, "gone", 200)},
+                timeout=httpx.Timeout(10, read=0.3),
+            )
+    for _ in range(100):
+        dropped = service.metric("crossrank_pairs_dropped_total", model="tiny") - before
+        if dropped:
+            break
+        await asyncio.sleep(0.05)
+    assert dropped > 0
+    assert service.metric("crossrank_requests_total", outcome="disconnected") >= 1
+    assert httpx.get(service.url + "/health").status_code == 200
+
+
+def test_bad_inputs_are_errors_and_the_service_stays_up(service: ScorerProcess) -> None:
+    with httpx.Client(base_url=service.url, headers=AUTH) as c:
+        cases = [
+            (c.post("/rerank", content=b"{oops"), 400, "JSON"),
+            (
+                c.post("/rerank", json={"requests": [{"query": "q", "documents": []}]}),
+                400,
+                "non-empty",
+            ),
+            (
+                c.post("/v1/rerank", json={"query": "q", "documents": ["a"] * 1001}),
+                413,
+                "max_documents",
+            ),
+            (c.post("/rerank", content=b"x" * 2_100_000), 413, "max_body_bytes"),
+            (
+                c.post(
+                    "/rerank", json={"query": "q", "texts": ["a"]}, headers={"Authorization": "x"}
+                ),
+                401,
+                "token",
+            ),
+        ]
+        for response, status, words in cases:
+            assert response.status_code == status
+            assert (
+                response.json()["status"] == status and words in response.json()["error"]["reason"]
+            )
+        assert c.post("/rerank", json={"query": "q", "texts": ["a"]}).status_code == 200
+        info = c.get("/info").json()
+        assert [m["name"] for m in info["models"]] == ["tiny", "twin"]
+        assert info["limits"]["max_documents"] == 1000
+    scorer = remote(service, model="nope")
+    with pytest.raises(ScorerError, match="unknown model"):
+        scorer.score([ScoreRequest("q", ["a"])])
+
+
+def test_kill_breaker_restart_and_graceful_drain(tiny_model_dir: Path) -> None:
+    port = free_port()
+    args = ["--model", str(tiny_model_dir), "--dtype", "float32", "--batch-tokens", "1024"]
+    proc = ScorerProcess(args, port).start()
+    cfg = RerankConfig(scorer_urls=(proc.url,), scorer_timeout=3.0, scorer_retries=1)
+    scorer = RemoteScorer(cfg, breaker_threshold=2, breaker_cooldown=1.0)
+    request = [ScoreRequest("q", ["a", "b"])]
+    try:
+        assert len(scorer.score(request)[0].scores) == 2
+        # graceful shutdown: work in flight when SIGTERM arrives is finished
+        out: dict[str, Any] = {}
+        body = {"query": "q", "texts": fresh_docs(200, "drain", 40)}
+        thread = threading.Thread(
+            target=lambda: out.setdefault(
+                "r", httpx.post(proc.url + "/rerank", json=body, timeout=60)
+            )
+        )
+        thread.start()
+        for _ in range(200):
+            if proc.metric("crossrank_queue_pairs") > 0:
+                break
+        proc.stop(signal.SIGTERM)
+        thread.join()
+        assert out["r"].status_code == 200 and len(out["r"].json()) == 200
+        assert proc.proc is not None and proc.proc.returncode in GRACEFUL
+        # the scorer is gone: connection refused, retried, then the circuit opens
+        with pytest.raises(ScorerError) as info:
+            scorer.score(request)
+        assert isinstance(info.value.__cause__, httpx.ConnectError)
+        assert scorer.balancer.state(0, time.monotonic()) == "open"
+        with pytest.raises(ScorerError, match="circuit is open"):
+            scorer.score(request)
+        proc.start()  # back on the same port; half-open after the cool-down, then closed
+        time.sleep(1.0)
+        assert len(scorer.score(request)[0].scores) == 2
+        assert scorer.balancer.failures == [0]
+    finally:
+        proc.stop(signal.SIGKILL)
+        scorer.close()

@@ -1,0 +1,197 @@
+"""The HTTP layer: routes, auth, body limits, disconnects; one handler shape for all.
+
+Data flows http (here) → validation (:mod:`.protocol`) → queue (:mod:`.queue`) → batcher
+(:mod:`.batcher`) → backend (:mod:`.backend`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import json
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import asynccontextmanager
+from typing import Any, TypeVar
+
+from fastapi import FastAPI, Request
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.responses import JSONResponse, Response
+
+from ..errors import (
+    ClientDisconnectedError,
+    InvalidRequestError,
+    PayloadTooLargeError,
+    UnauthorizedError,
+)
+from .backend import ModelBackend
+from .batcher import Batcher
+from .metrics import CONTENT_TYPE, ServiceMetrics
+from .protocol import Job, error_response, parse_cohere, parse_rerank
+from .settings import ServeSettings
+
+__all__ = ["create_app", "load_backends"]
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+Parse = Callable[[Any, int], Job]
+
+
+def load_backends(settings: ServeSettings) -> dict[str, ModelBackend]:
+    """Load every model of ``settings`` (blocking)."""
+    return {name: ModelBackend(name, settings.model_config_for(name)) for name in settings.models}
+
+
+async def _read_json(request: Request, limit: int) -> Any:
+    length = request.headers.get("content-length")
+    if length is not None and length.isdigit() and int(length) > limit:
+        raise PayloadTooLargeError(f"body of {length} bytes exceeds {limit} (max_body_bytes)")
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise PayloadTooLargeError(f"body exceeds {limit} bytes (max_body_bytes)")
+        chunks.append(chunk)
+    body = b"".join(chunks)
+    if not body.strip():
+        raise InvalidRequestError("empty body; expected a JSON object")
+    try:
+        return json.loads(body)
+    except ValueError as exc:
+        raise InvalidRequestError(f"body is not valid JSON: {exc}") from exc
+
+
+async def _until_disconnect(request: Request) -> None:
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
+
+
+async def _unless_disconnected(request: Request, work: Awaitable[T]) -> T:
+    """Await ``work``; cancel it (dropping its pairs) if the client disconnects first."""
+    task = asyncio.ensure_future(work)
+    watcher = asyncio.ensure_future(_until_disconnect(request))
+    try:
+        done, _ = await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
+    except asyncio.CancelledError:
+        task.cancel()
+        raise
+    finally:
+        watcher.cancel()
+    if task in done:
+        return task.result()
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+    raise ClientDisconnectedError("the client disconnected; its pairs were dropped")
+
+
+def create_app(
+    settings: ServeSettings, backends: Mapping[str, ModelBackend] | None = None
+) -> FastAPI:
+    """The scorer service app; ``backends`` (already loaded models) or loaded from settings."""
+    models = dict(backends) if backends is not None else load_backends(settings)
+    metrics = ServiceMetrics()
+    executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="crossrank-forward")
+    batchers = {
+        name: Batcher(
+            backend,
+            metrics,
+            executor,
+            max_pairs=settings.max_queue_pairs,
+            batch_tokens=settings.batch_tokens,
+            max_wait=settings.max_wait_ms / 1000,
+            retry_after=settings.retry_after,
+        )
+        for name, backend in models.items()
+    }
+    state = {"status": "starting"}
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        for batcher in batchers.values():
+            batcher.start()
+        state["status"] = "ok"
+        try:
+            yield
+        finally:
+            state["status"] = "draining"
+            await asyncio.gather(*(b.drain() for b in batchers.values()))
+            executor.shutdown(wait=True)
+
+    app = FastAPI(title="crossrank scorer", lifespan=lifespan, docs_url=None, redoc_url=None)
+    app.state.metrics = metrics
+    app.state.batchers = batchers
+
+    def authorize(request: Request) -> None:
+        if settings.api_key is None:
+            return
+        scheme, _, token = request.headers.get("authorization", "").partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(
+            token.strip().encode(), settings.api_key.encode()
+        ):
+            raise UnauthorizedError("missing or wrong bearer token")
+
+    async def serve(request: Request, endpoint: str, parse: Parse) -> Response:
+        outcome = "ok"
+        try:
+            authorize(request)
+            job = parse(await _read_json(request, settings.max_body_bytes), settings.max_documents)
+            name = job.model or settings.default_model
+            if name not in batchers:
+                raise InvalidRequestError(f"unknown model {name!r}; served: {sorted(batchers)}")
+            results = await _unless_disconnected(request, batchers[name].score(job.requests))
+            return JSONResponse(job.render(results, name))
+        except Exception as exc:
+            status, outcome, body, headers = error_response(exc)
+            if status >= 500:
+                log.error("%s failed: %s", endpoint, exc, exc_info=exc)
+            return JSONResponse(body, status, headers)
+        finally:
+            metrics.requests.labels(endpoint, outcome).inc()
+
+    async def rerank(request: Request) -> Response:
+        return await serve(request, "/rerank", parse_rerank)
+
+    async def cohere_v1(request: Request) -> Response:
+        return await serve(request, "/v1/rerank", lambda b, n: parse_cohere(b, n, 1))
+
+    async def cohere_v2(request: Request) -> Response:
+        return await serve(request, "/v2/rerank", lambda b, n: parse_cohere(b, n, 2))
+
+    async def health() -> Response:
+        ok = state["status"] == "ok"
+        return JSONResponse({"status": state["status"]}, 200 if ok else 503)
+
+    async def info() -> Response:
+        return JSONResponse(
+            {
+                "default_model": settings.default_model,
+                "models": [b.info() for b in models.values()],
+                "limits": {
+                    "max_documents": settings.max_documents,
+                    "max_body_bytes": settings.max_body_bytes,
+                    "max_queue_pairs": settings.max_queue_pairs,
+                    "batch_tokens": settings.batch_tokens,
+                    "max_wait_ms": settings.max_wait_ms,
+                },
+                "auth": settings.api_key is not None,
+            }
+        )
+
+    async def prometheus() -> Response:
+        return Response(metrics.render(), media_type=CONTENT_TYPE)
+
+    async def http_error(request: Request, exc: Exception) -> Response:
+        status = exc.status_code if isinstance(exc, StarletteHTTPException) else 500
+        kind = "not_found" if status == 404 else "http_error"
+        body = {"error": {"type": kind, "reason": str(getattr(exc, "detail", exc))}}
+        return JSONResponse({**body, "status": status}, status)
+
+    app.add_api_route("/rerank", rerank, methods=["POST"])
+    app.add_api_route("/v1/rerank", cohere_v1, methods=["POST"])
+    app.add_api_route("/v2/rerank", cohere_v2, methods=["POST"])
+    app.add_api_route("/health", health, methods=["GET"])
+    app.add_api_route("/info", info, methods=["GET"])
+    app.add_api_route("/metrics", prometheus, methods=["GET"])
+    app.add_exception_handler(StarletteHTTPException, http_error)
+    return app

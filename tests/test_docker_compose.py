@@ -1,0 +1,88 @@
+"""docker/docker-compose.yml agrees with the CLI, the Dockerfile and the tested engines.
+
+Docker is not available here, so the file is checked, not run: every crossrank command in it
+parses with the real CLI parsers, ports and URLs line up, images match the tested engines.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+import pytest
+import yaml
+
+from crossrank.adapters.cli import COMMANDS, command_parser
+
+ROOT = Path(__file__).resolve().parent.parent
+COMPOSE = yaml.safe_load((ROOT / "docker" / "docker-compose.yml").read_text())
+SERVICES: dict[str, Any] = COMPOSE["services"]
+CROSSRANK = {n: s for n, s in SERVICES.items() if s.get("image", "").startswith("crossrank:")}
+ENGINE_PORT = 9200
+
+
+def expand(arg: str) -> str:
+    """Compose's ``${VAR:-default}`` with the default taken."""
+    return re.sub(r"\$\{[A-Z_]+:-([^}]*)\}", r"\1", arg)
+
+
+def options(service: dict[str, Any]) -> dict[str, str]:
+    command = [expand(a) for a in service["command"]]
+    return {
+        command[i]: command[i + 1]
+        for i in range(1, len(command) - 1)
+        if command[i].startswith("--")
+    }
+
+
+def test_expected_services() -> None:
+    assert {"elasticsearch", "opensearch", "scorer", "proxy-es", "proxy-os", "loader"} <= set(
+        SERVICES
+    )
+    assert SERVICES["scorer-gpu"]["profiles"] == ["gpu"]
+    gpu = SERVICES["scorer-gpu"]["deploy"]["resources"]["reservations"]["devices"][0]
+    assert gpu["capabilities"] == ["gpu"]
+
+
+@pytest.mark.parametrize("name", sorted(CROSSRANK))
+def test_commands_parse_with_the_real_cli(name: str) -> None:
+    command = [expand(a) for a in CROSSRANK[name]["command"]]
+    assert command[0] in COMMANDS
+    command_parser(command[0]).parse_args(command[1:])  # exits on an unknown option
+
+
+@pytest.mark.parametrize("name", sorted(CROSSRANK))
+def test_ports_and_urls_line_up(name: str) -> None:
+    service = CROSSRANK[name]
+    opts = options(service)
+    if "--port" in opts:
+        published = [p.split(":")[-1] for p in service.get("ports", [])]
+        assert published == [opts["--port"]]
+        assert opts.get("--host") == "0.0.0.0"  # reachable from other containers
+    for flag in ("--upstream", "--scorer-url", "--engine-url"):
+        if flag in opts:
+            url = urlparse(opts[flag])
+            assert url.hostname in SERVICES, f"{name}: {flag} names no service"
+            target = SERVICES[url.hostname]
+            port = options(target).get("--port") if target in CROSSRANK.values() else None
+            assert url.port == int(port or ENGINE_PORT)
+            assert url.hostname in service.get("depends_on", {})
+
+
+def test_images_are_the_tested_engine_versions() -> None:
+    makefile = (ROOT / "Makefile").read_text()
+    tested = set(re.findall(r"(elasticsearch|opensearch):(\d+\.\d+\.\d+)", makefile))
+    es_tag = SERVICES["elasticsearch"]["image"].rsplit(":", 1)[1]
+    os_tag = SERVICES["opensearch"]["image"].rsplit(":", 1)[1]
+    assert ("elasticsearch", es_tag) in tested and ("opensearch", os_tag) in tested
+
+
+def test_dockerfile_installs_what_the_commands_need() -> None:
+    dockerfile = (ROOT / "docker" / "Dockerfile").read_text()
+    assert 'pip install --no-cache-dir ".[all]"' in dockerfile
+    assert 'ENTRYPOINT ["crossrank"]' in dockerfile
+    for folder in ("adapters", "reranker"):
+        assert f"COPY {folder} {folder}" in dockerfile
+    assert (ROOT / "pyproject.toml").read_text().count('crossrank = "crossrank.adapters.cli:main"')

@@ -1,0 +1,216 @@
+"""The scorer service in process (ASGI): shapes, validation, errors, batching, equality."""
+
+from __future__ import annotations
+
+import asyncio
+import math
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import pytest
+
+from crossrank.reranker import LocalScorer, RerankConfig, ScoreRequest
+from crossrank.reranker.errors import OverloadedError
+from crossrank.reranker.service import ServeSettings, create_app, load_backends
+from crossrank.reranker.service.cli import parse_args
+from crossrank.reranker.service.protocol import sigmoid
+from crossrank.reranker.service.queue import PairQueue, Reply, Row, pack
+
+# one loop for the app's fixtures (session scope) and the tests
+pytestmark = pytest.mark.asyncio(loop_scope="session")
+
+QUERY = "boundary layer flow"
+DOCS = ["the boundary layer over a flat plate", "heat transfer to a cylinder", "", "flow " * 700]
+
+
+def settings(path: Path, **kw: Any) -> ServeSettings:
+    base = {"models": {"tiny": str(path)}, "rerank": RerankConfig(dtype="float32")}
+    return ServeSettings(**{**base, **kw})
+
+
+@pytest.fixture(scope="module")
+def backends(tiny_model_dir: Path) -> Any:
+    return load_backends(settings(tiny_model_dir))
+
+
+async def open_client(app: Any) -> AsyncIterator[httpx.AsyncClient]:
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://svc") as client:
+            yield client
+
+
+@pytest.fixture
+async def client(tiny_model_dir: Path, backends: Any) -> AsyncIterator[httpx.AsyncClient]:
+    app = create_app(settings(tiny_model_dir, max_documents=20, max_body_bytes=4096), backends)
+    async for c in open_client(app):
+        c.app = app  # type: ignore[attr-defined]
+        yield c
+
+
+async def test_scores_equal_local_scorer(client: httpx.AsyncClient, tiny_model_dir: Path) -> None:
+    body = {
+        "requests": [{"query": QUERY, "documents": DOCS}, {"query": "heat", "documents": ["x"]}]
+    }
+    r = await client.post("/rerank", json=body)
+    assert r.status_code == 200, r.text
+    local = LocalScorer(RerankConfig(model=str(tiny_model_dir), dtype="float32"))
+    expected = local.score([ScoreRequest(QUERY, DOCS), ScoreRequest("heat", ["x"])])
+    data = r.json()
+    assert data["model"] == "tiny"
+    for got, want in zip(data["results"], expected):
+        assert got["scores"] == pytest.approx(want.scores, abs=1e-5)
+        assert got["truncated"] == want.truncated
+    assert data["results"][0]["truncated"] == 1
+
+
+async def test_tei_and_cohere_shapes(client: httpx.AsyncClient) -> None:
+    raw = await client.post("/rerank", json={"requests": [{"query": QUERY, "documents": DOCS}]})
+    logits = raw.json()["results"][0]["scores"]
+    tei = await client.post("/rerank", json={"query": QUERY, "texts": DOCS, "return_text": True})
+    items = tei.json()
+    assert [i["index"] for i in items] == sorted(range(4), key=lambda i: -logits[i])
+    assert items[0]["score"] == pytest.approx(sigmoid(max(logits)))
+    assert items[0]["text"] == DOCS[items[0]["index"]]
+    tei_raw = await client.post("/rerank", json={"query": QUERY, "texts": DOCS, "raw_scores": True})
+    assert tei_raw.json()[0]["score"] == pytest.approx(max(logits), abs=1e-6)
+    for path in ("/v1/rerank", "/v2/rerank"):
+        docs = [DOCS[0], {"text": DOCS[1]}]
+        body = {"query": QUERY, "documents": docs, "top_n": 1, "return_documents": True}
+        out = (await client.post(path, json=body)).json()
+        assert set(out) >= {"id", "results", "meta"}
+        (best,) = out["results"]
+        assert 0 < best["relevance_score"] < 1
+        assert best["relevance_score"] == pytest.approx(sigmoid(max(logits[:2])))
+        assert best["document"] == {"text": DOCS[best["index"]]}
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "status", "words"),
+    [
+        ("/rerank", {}, 400, "expected"),
+        ("/rerank", {"requests": []}, 400, "non-empty list"),
+        ("/rerank", {"requests": [{"query": "", "documents": ["a"]}]}, 400, "query"),
+        ("/rerank", {"requests": [{"query": "q", "documents": [1]}]}, 400, "documents[0]"),
+        ("/rerank", {"query": "q", "texts": []}, 400, "texts"),
+        ("/rerank", {"query": "q", "texts": ["a"], "raw_scores": "yes"}, 400, "raw_scores"),
+        (
+            "/rerank",
+            {"model": "other", "requests": [{"query": "q", "documents": ["a"]}]},
+            400,
+            "unknown model",
+        ),
+        ("/v1/rerank", {"query": "q", "documents": [{"title": "a"}]}, 400, "documents[0]"),
+        ("/v2/rerank", {"query": "q", "documents": ["a"], "top_n": 0}, 400, "top_n"),
+        ("/v2/rerank", {"query": "q", "documents": ["a"] * 21}, 413, "max_documents"),
+        ("/rerank", {"query": "q", "texts": ["a"] * 21}, 413, "max_documents"),
+        (
+            "/rerank",
+            {"requests": [{"query": "q", "documents": ["a"] * 11}] * 2},
+            413,
+            "max_documents",
+        ),
+    ],
+)
+async def test_bad_requests_get_one_error_shape(
+    client: httpx.AsyncClient, path: str, body: Any, status: int, words: str
+) -> None:
+    r = await client.post(path, json=body)
+    assert r.status_code == status
+    data = r.json()
+    assert data["status"] == status and words in data["error"]["reason"]
+    assert (await client.post("/rerank", json={"query": "q", "texts": ["a"]})).status_code == 200
+
+
+async def test_body_limits_and_json(client: httpx.AsyncClient) -> None:
+    big = await client.post(
+        "/rerank", content=b"x" * 5000, headers={"content-type": "application/json"}
+    )
+    assert big.status_code == 413 and "max_body_bytes" in big.json()["error"]["reason"]
+    bad = await client.post("/rerank", content=b"{not json")
+    assert bad.status_code == 400 and "JSON" in bad.json()["error"]["reason"]
+    assert (await client.post("/rerank", content=b"")).status_code == 400
+    missing = await client.get("/nowhere")
+    assert missing.status_code == 404 and missing.json()["status"] == 404
+
+
+async def test_api_key(tiny_model_dir: Path, backends: Any) -> None:
+    app = create_app(settings(tiny_model_dir, api_key="s3cret"), backends)
+    body = {"query": "q", "texts": ["a"]}
+    async for c in open_client(app):
+        assert (await c.post("/rerank", json=body)).status_code == 401
+        wrong = {"Authorization": "Bearer nope"}
+        assert (await c.post("/rerank", json=body, headers=wrong)).status_code == 401
+        ok = {"Authorization": "Bearer s3cret"}
+        assert (await c.post("/rerank", json=body, headers=ok)).status_code == 200
+        assert (await c.get("/health")).json() == {"status": "ok"}
+
+
+async def test_non_finite_scores_are_a_500(
+    client: httpx.AsyncClient, backends: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    backend = backends["tiny"]
+    monkeypatch.setattr(backend, "forward", lambda batch: np.full(len(batch.input_ids), np.nan))
+    r = await client.post("/rerank", json={"query": "q", "texts": ["a", "b"]})
+    assert r.status_code == 500 and "non-finite" in r.json()["error"]["reason"]
+    monkeypatch.undo()
+    assert (await client.post("/rerank", json={"query": "q", "texts": ["a"]})).status_code == 200
+
+
+async def test_concurrent_requests_share_forward_passes(client: httpx.AsyncClient) -> None:
+    metrics = client.app.state.metrics  # type: ignore[attr-defined]
+    before = metrics.forward_passes.labels("tiny")._value.get()
+    bodies = [{"query": f"q{i}", "texts": [f"doc {i}", "other"]} for i in range(12)]
+    replies = await asyncio.gather(*(client.post("/rerank", json=b) for b in bodies))
+    assert all(r.status_code == 200 for r in replies)
+    passes = metrics.forward_passes.labels("tiny")._value.get() - before
+    assert 1 <= passes < len(bodies)
+    text = (await client.get("/metrics")).text
+    assert 'crossrank_requests_total{endpoint="/rerank",outcome="ok"}' in text
+    assert "crossrank_stage_seconds_bucket" in text and 'stage="forward"' in text
+
+
+# ---------------------------------------------------------------------- queue (pure)
+
+
+def _row(n: int, reply: Any = None) -> Row:
+    return Row(reply, 0, np.zeros(n, dtype=np.int64), np.zeros(n, dtype=np.int64), 0.0)
+
+
+async def test_pack_longest_first_under_budget() -> None:
+    window = [_row(n) for n in (5, 40, 10, 40, 30)]
+    batch, rest = pack(window, budget=100)
+    assert [len(r) for r in batch] == [40, 40]
+    assert [len(r) for r in rest] == [5, 10, 30]
+    one, _ = pack([_row(300)], budget=100)  # a row over budget still runs alone
+    assert len(one) == 1
+
+
+async def test_queue_admission_and_dropped_rows() -> None:
+    q = PairQueue(max_pairs=4, budget=1000)
+    q.reserve(3)
+    with pytest.raises(OverloadedError):
+        q.reserve(2)
+    q.release(3)
+    q.reserve(10)  # alone in an empty queue: admitted even over the limit
+    loop = asyncio.get_running_loop()
+    from crossrank.reranker.encoding import EncodedPairs
+
+    ids = [np.zeros(3, dtype=np.int64)] * 2
+    enc = EncodedPairs(ids, ids, [(0, 0), (0, 1)], [0], [0], [False])
+    gone = Reply([ScoreRequest("q", ["a", "b"])], enc, loop.create_future(), lambda *a: [])
+    gone.future.cancel()
+    q.put(gone, reserved=10)
+    assert q.take() == ([], 2)
+    assert q.pending == 0  # the 2 rows admitted for it were given back
+
+
+async def test_cli_settings(tmp_path: Path) -> None:
+    s = parse_args(["--model", "a=/m/a", "--model", "/m/b", "--max-documents", "50"])
+    assert s.models == {"a": "/m/a", "/m/b": "/m/b"} and s.default_model == "a"
+    assert s.max_documents == 50 and s.model_config_for("/m/b").model == "/m/b"
+    assert not s.model_config_for("a").sigmoid
+    assert not math.isnan(sigmoid(-1000.0)) and sigmoid(1000.0) == 1.0
