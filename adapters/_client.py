@@ -9,9 +9,16 @@ from typing import Any, TypeAlias
 from crossrank.reranker.config import RerankConfig
 from crossrank.reranker.scoring import Scorer, ScoreRequest, ScoreResult, make_scorer
 
-from ._flow import PASSTHROUGH, EngineCall, Flow, msearch_flow, search_flow
+from ._flow import PASSTHROUGH, EngineCall, Flow, msearch_flow, run_async, run_sync, search_flow
 
-__all__ = ["EngineCalls", "RerankOption", "RerankState", "RerankingClient"]
+__all__ = [
+    "AsyncReranking",
+    "EngineCalls",
+    "RerankOption",
+    "RerankState",
+    "RerankingClient",
+    "SyncReranking",
+]
 
 #: Per-call control: ``None`` (client defaults), ``False`` (off), a dict or a config.
 RerankOption: TypeAlias = bool | dict[str, Any] | RerankConfig | None
@@ -148,3 +155,55 @@ class RerankingClient:
         body, rest = self._split_msearch(kwargs)
         flow = msearch_flow(body, self._rerank.config_for(rerank))
         return flow, self._calls(method, kwargs, rest)
+
+
+class SyncReranking(RerankingClient):
+    """Mixin for a sync client class: ``rerank=``/``scorer=`` and reranking search/msearch.
+
+    Place it before the official client class; ``super()`` reaches the client's own methods.
+    """
+
+    def __init__(
+        self,
+        *args: Any,
+        rerank: RerankConfig | dict[str, Any] | None = None,
+        scorer: Scorer | None = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(*args, **kwargs)
+        self._init_rerank(rerank, scorer)
+
+    def search(self, *, rerank: RerankOption = None, **kwargs: Any) -> Any:
+        """The client's ``search``, reranked: ``rerank=False`` turns it off for this call,
+        a dict of :class:`RerankConfig` options overrides the client's for this call."""
+        flow, calls = self._search_flow(super().search, rerank, kwargs)  # type: ignore[misc]
+        return calls.result(run_sync(flow, calls.sync, self._rerank))
+
+    def msearch(self, *, rerank: RerankOption = None, **kwargs: Any) -> Any:
+        """The client's ``msearch``, reranked; the pairs of all items are scored together."""
+        flow, calls = self._msearch_flow(super().msearch, rerank, kwargs)  # type: ignore[misc]
+        return calls.result(run_sync(flow, calls.sync, self._rerank))
+
+
+class AsyncReranking(RerankingClient):
+    """Mixin for an async client class; the async twin of :class:`SyncReranking`."""
+
+    def __init__(
+        self,
+        *args: Any,
+        rerank: RerankConfig | dict[str, Any] | None = None,
+        scorer: Scorer | None = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(*args, **kwargs)
+        self._init_rerank(rerank, scorer)
+
+    async def search(self, *, rerank: RerankOption = None, **kwargs: Any) -> Any:
+        """The client's ``search``, reranked (see :meth:`SyncReranking.search`)."""
+        flow, calls = self._search_flow(super().search, rerank, kwargs)  # type: ignore[misc]
+        return calls.result(await run_async(flow, calls.async_, self._rerank))
+
+    async def msearch(self, *, rerank: RerankOption = None, **kwargs: Any) -> Any:
+        """The client's ``msearch``, reranked; the pairs of all items are scored together."""
+        flow, calls = self._msearch_flow(super().msearch, rerank, kwargs)  # type: ignore[misc]
+        return calls.result(await run_async(flow, calls.async_, self._rerank))

@@ -32,12 +32,51 @@ QUERIES = [
     "read and write csv files",
 ]
 _MODULES = [
-    "argparse", "getopt", "optparse", "gzip", "zlib", "bz2", "lzma", "zipfile", "tarfile",
-    "smtplib", "email.message", "email.mime.text", "csv", "json", "sqlite3", "shutil",
-    "pathlib", "os.path", "subprocess", "threading", "asyncio", "socket", "http.client",
-    "urllib.parse", "urllib.request", "datetime", "calendar", "random", "statistics",
-    "collections", "itertools", "functools", "heapq", "bisect", "re", "string", "textwrap",
-    "difflib", "hashlib", "hmac", "base64", "pickle", "logging", "unittest", "tempfile",
+    "argparse",
+    "getopt",
+    "optparse",
+    "gzip",
+    "zlib",
+    "bz2",
+    "lzma",
+    "zipfile",
+    "tarfile",
+    "smtplib",
+    "email.message",
+    "email.mime.text",
+    "csv",
+    "json",
+    "sqlite3",
+    "shutil",
+    "pathlib",
+    "os.path",
+    "subprocess",
+    "threading",
+    "asyncio",
+    "socket",
+    "http.client",
+    "urllib.parse",
+    "urllib.request",
+    "datetime",
+    "calendar",
+    "random",
+    "statistics",
+    "collections",
+    "itertools",
+    "functools",
+    "heapq",
+    "bisect",
+    "re",
+    "string",
+    "textwrap",
+    "difflib",
+    "hashlib",
+    "hmac",
+    "base64",
+    "pickle",
+    "logging",
+    "unittest",
+    "tempfile",
 ]
 
 
@@ -98,9 +137,18 @@ def main(argv: list[str] | None = None) -> int:
         client = client_for(node.url, spec.kind, rerank=config)
         say("[2/4] indexing the standard library's docstrings ...")
         docs = list(corpus())
-        client.indices.create(index="stdlib", body={"mappings": {"properties": {
-            "title": {"type": "text"}, "text": {"type": "text"}, "module": {"type": "keyword"},
-        }}})
+        client.indices.create(
+            index="stdlib",
+            body={
+                "mappings": {
+                    "properties": {
+                        "title": {"type": "text"},
+                        "text": {"type": "text"},
+                        "module": {"type": "keyword"},
+                    }
+                }
+            },
+        )
         lines: list[dict[str, Any]] = []
         for i, doc in enumerate(docs):
             lines += [{"index": {"_index": "stdlib", "_id": str(i)}}, doc]
@@ -108,24 +156,32 @@ def main(argv: list[str] | None = None) -> int:
         say(f"      {len(docs)} documents")
         say(f"[3/4] loading the cross-encoder {model}")
         if args.model is None:
-            say("      (MiniLM-L6 base weights, classification head untrained: the order below"
-                " shows the mechanism, not quality)")
+            say(
+                "      (MiniLM-L6 base weights, classification head untrained: the order below"
+                " shows the mechanism, not quality)"
+            )
         start = time.perf_counter()
         _ = client.scorer
         say(f"      loaded in {time.perf_counter() - start:.1f} s")
         say("[4/4] queries: engine (BM25) order | reranked order")
         for query in QUERIES:
-            body = {"query": {"multi_match": {"query": query, "fields": ["title", "text"]}},
-                    "size": 5}
+            body = {
+                "query": {"multi_match": {"query": query, "fields": ["title", "text"]}},
+                "size": 5,
+            }
             bm25 = client.search(index="stdlib", body=body, rerank=False)
             reranked = client.search(index="stdlib", body=body)
             info = reranked["_rerank"]
-            say(f"\n  {query!r}  (reranked {info['reranked']} hits in {info['scoring_ms']:.0f} ms,"
-                f" {info['truncated']} truncated)")
+            say(
+                f"\n  {query!r}  (reranked {info['reranked']} hits in {info['scoring_ms']:.0f} ms,"
+                f" {info['truncated']} truncated)"
+            )
             rows = zip(bm25["hits"]["hits"], reranked["hits"]["hits"])
             for rank, (a, b) in enumerate(rows, 1):
-                say(f"   {rank}. {a['_source']['title'][:34]:34} | {b['_source']['title'][:34]:34}"
-                    f" (was #{b['_rerank']['engine_rank'] + 1})")
+                say(
+                    f"   {rank}. {a['_source']['title'][:34]:34} | {b['_source']['title'][:34]:34}"
+                    f" (was #{b['_rerank']['engine_rank'] + 1})"
+                )
     say("\nnode stopped.")
     return 0
 

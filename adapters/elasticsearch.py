@@ -14,11 +14,7 @@ from elastic_transport import ObjectApiResponse
 from elasticsearch import AsyncElasticsearch as _AsyncElasticsearch
 from elasticsearch import Elasticsearch as _Elasticsearch
 
-from crossrank.reranker.config import RerankConfig
-from crossrank.reranker.scoring import Scorer
-
-from ._client import EngineCalls, RerankingClient, RerankOption
-from ._flow import run_async, run_sync
+from ._client import AsyncReranking, EngineCalls, RerankingClient, SyncReranking
 
 __all__ = ["AsyncElasticsearch", "Elasticsearch"]
 
@@ -102,55 +98,15 @@ class _Reranking(RerankingClient):
         return client
 
 
-class Elasticsearch(_Reranking, _Elasticsearch):
+class Elasticsearch(_Reranking, SyncReranking, _Elasticsearch):
     """``elasticsearch.Elasticsearch`` whose ``search``/``msearch`` rerank the top hits."""
 
-    def __init__(
-        self,
-        *args: Any,
-        rerank: RerankConfig | dict[str, Any] | None = None,
-        scorer: Scorer | None = None,
-        **kwargs: Any,
-    ) -> None:
-        super().__init__(*args, **kwargs)
-        self._init_rerank(rerank, scorer)
-
     def options(self, **kwargs: Any) -> Any:
         return self._copy_rerank(super().options(**kwargs))
 
-    def search(self, *, rerank: RerankOption = None, **kwargs: Any) -> Any:
-        """``Elasticsearch.search``, reranked (see the module docs for ``rerank=``)."""
-        flow, calls = self._search_flow(super().search, rerank, kwargs)
-        return calls.result(run_sync(flow, calls.sync, self._rerank))
 
-    def msearch(self, *, rerank: RerankOption = None, **kwargs: Any) -> Any:
-        """``Elasticsearch.msearch``; the pairs of all items are scored together."""
-        flow, calls = self._msearch_flow(super().msearch, rerank, kwargs)
-        return calls.result(run_sync(flow, calls.sync, self._rerank))
-
-
-class AsyncElasticsearch(_Reranking, _AsyncElasticsearch):
+class AsyncElasticsearch(_Reranking, AsyncReranking, _AsyncElasticsearch):
     """``elasticsearch.AsyncElasticsearch`` whose ``search``/``msearch`` rerank the top hits."""
 
-    def __init__(
-        self,
-        *args: Any,
-        rerank: RerankConfig | dict[str, Any] | None = None,
-        scorer: Scorer | None = None,
-        **kwargs: Any,
-    ) -> None:
-        super().__init__(*args, **kwargs)
-        self._init_rerank(rerank, scorer)
-
     def options(self, **kwargs: Any) -> Any:
         return self._copy_rerank(super().options(**kwargs))
-
-    async def search(self, *, rerank: RerankOption = None, **kwargs: Any) -> Any:
-        """``AsyncElasticsearch.search``, reranked."""
-        flow, calls = self._search_flow(super().search, rerank, kwargs)
-        return calls.result(await run_async(flow, calls.async_, self._rerank))
-
-    async def msearch(self, *, rerank: RerankOption = None, **kwargs: Any) -> Any:
-        """``AsyncElasticsearch.msearch``; the pairs of all items are scored together."""
-        flow, calls = self._msearch_flow(super().msearch, rerank, kwargs)
-        return calls.result(await run_async(flow, calls.async_, self._rerank))

@@ -15,11 +15,7 @@ from typing import Any
 from opensearchpy import AsyncOpenSearch as _AsyncOpenSearch
 from opensearchpy import OpenSearch as _OpenSearch
 
-from crossrank.reranker.config import RerankConfig
-from crossrank.reranker.scoring import Scorer
-
-from ._client import RerankingClient, RerankOption
-from ._flow import run_async, run_sync
+from ._client import AsyncReranking, RerankingClient, SyncReranking
 
 __all__ = ["AsyncOpenSearch", "OpenSearch"]
 
@@ -84,49 +80,9 @@ class _Reranking(RerankingClient):
     _split_msearch = staticmethod(_split_msearch)
 
 
-class OpenSearch(_Reranking, _OpenSearch):
+class OpenSearch(_Reranking, SyncReranking, _OpenSearch):
     """``opensearchpy.OpenSearch`` whose ``search``/``msearch`` rerank the top hits."""
 
-    def __init__(
-        self,
-        *args: Any,
-        rerank: RerankConfig | dict[str, Any] | None = None,
-        scorer: Scorer | None = None,
-        **kwargs: Any,
-    ) -> None:
-        super().__init__(*args, **kwargs)
-        self._init_rerank(rerank, scorer)
 
-    def search(self, *, rerank: RerankOption = None, **kwargs: Any) -> Any:
-        """``OpenSearch.search``, reranked (see the module docs for ``rerank=``)."""
-        flow, calls = self._search_flow(super().search, rerank, kwargs)
-        return calls.result(run_sync(flow, calls.sync, self._rerank))
-
-    def msearch(self, *, rerank: RerankOption = None, **kwargs: Any) -> Any:
-        """``OpenSearch.msearch``; the pairs of all items are scored together."""
-        flow, calls = self._msearch_flow(super().msearch, rerank, kwargs)
-        return calls.result(run_sync(flow, calls.sync, self._rerank))
-
-
-class AsyncOpenSearch(_Reranking, _AsyncOpenSearch):
+class AsyncOpenSearch(_Reranking, AsyncReranking, _AsyncOpenSearch):
     """``opensearchpy.AsyncOpenSearch`` whose ``search``/``msearch`` rerank the top hits."""
-
-    def __init__(
-        self,
-        *args: Any,
-        rerank: RerankConfig | dict[str, Any] | None = None,
-        scorer: Scorer | None = None,
-        **kwargs: Any,
-    ) -> None:
-        super().__init__(*args, **kwargs)
-        self._init_rerank(rerank, scorer)
-
-    async def search(self, *, rerank: RerankOption = None, **kwargs: Any) -> Any:
-        """``AsyncOpenSearch.search``, reranked."""
-        flow, calls = self._search_flow(super().search, rerank, kwargs)
-        return calls.result(await run_async(flow, calls.async_, self._rerank))
-
-    async def msearch(self, *, rerank: RerankOption = None, **kwargs: Any) -> Any:
-        """``AsyncOpenSearch.msearch``; the pairs of all items are scored together."""
-        flow, calls = self._msearch_flow(super().msearch, rerank, kwargs)
-        return calls.result(await run_async(flow, calls.async_, self._rerank))

@@ -37,7 +37,7 @@ def _body(resp: Any) -> Any:
 def _scan(
     client: Any, index: str, fields: Sequence[str], size: int = 500
 ) -> Iterator[dict[str, Any]]:
-    """Every document of ``index`` (``_id`` and the fields), in index order (``_doc``) via search_after."""
+    """Every document of ``index`` (``_id`` and the fields), in ``_doc`` order (search_after)."""
     after: list[Any] | None = None
     while True:
         body: dict[str, Any] = {
