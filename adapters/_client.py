@@ -75,6 +75,9 @@ class EngineCalls:
     can be returned as the client's own response type.
     """
 
+    #: The client's keyword for each engine URL parameter the flow may ask to drop.
+    url_names: dict[str, str] = {}  # noqa: RUF012 (read-only class table)
+
     def __init__(
         self, method: Any, original: dict[str, Any], rest: dict[str, Any], body_arg: str = "body"
     ) -> None:
@@ -84,7 +87,14 @@ class EngineCalls:
     def _args(self, call: EngineCall) -> dict[str, Any]:
         if call.original:
             return self.original
-        return {**self.rest, self.body_arg: call.body}
+        drop = set(call.drop_params)
+        args = {k: v for k, v in self.rest.items() if self.url_names.get(k, k) not in drop}
+        if isinstance(args.get("params"), dict):
+            params = args["params"]
+            args["params"] = {
+                k: v for k, v in params.items() if self.url_names.get(k, k) not in drop
+            }
+        return {**args, self.body_arg: call.body}
 
     def body_of(self, response: Any) -> Any:
         """The JSON body of a client response (the response itself for plain dicts)."""

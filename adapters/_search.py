@@ -18,6 +18,8 @@ from crossrank.reranker.config import RerankConfig
 from crossrank.reranker.inputs import document_text, query_text_for
 from crossrank.reranker.scoring import ScoreRequest, ScoreResult
 
+from ._source import SOURCE_PARAMS, SourceFilter, parse_source
+
 __all__ = [
     "RERANK_KEY",
     "SearchPlan",
@@ -88,6 +90,15 @@ class SearchPlan:
     offset: int = 0
     size: int = _DEFAULT_SIZE
     missing_fields: int = field(default=0)
+    #: The caller's ``_source`` filtering, applied to the page when scoring needed more.
+    source_filter: SourceFilter | None = None
+
+    def page(self, hits: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """The caller's ``from``/``size`` slice of ``hits``, ``_source`` filtered as asked."""
+        page = [dict(hit) for hit in hits[self.offset : self.offset + self.size]]
+        if self.source_filter is not None:
+            self.source_filter.apply(page)
+        return page
 
     @property
     def rerank(self) -> bool:
@@ -107,7 +118,9 @@ def plan_search(
     """Decide whether and how to rerank a search given its body and URL parameters.
 
     ``params`` uses the engine's URL parameter names (``from``, ``size``, ``q``, ``sort``,
-    ``scroll``); URL values win over body values, as in the engines.
+    ``scroll``, ``_source*``); URL values win over body values, as in the engines. When the
+    caller's ``_source`` filtering could hide the scored fields, the whole ``_source`` is
+    fetched and the caller's filter applied to the page.
     Raises :class:`~crossrank.reranker.QueryTextError` when no query text can be found.
     """
     body = dict(body or {})
@@ -123,14 +136,32 @@ def plan_search(
     query_text = query_text_for(body, params.get("q"), config)
     body["from"] = 0
     body["size"] = max(config.window, offset + size)
+    drop: tuple[str, ...] = ("from", "size")
+    source_filter = None
+    if config.source == "_source":
+        url = {k: _param_text(params[k]) for k in SOURCE_PARAMS if params.get(k) is not None}
+        source_filter = parse_source(body.get("_source"), url)
+        if source_filter is not None:  # fetch the whole _source, filter the page afterwards
+            body.pop("_source", None)
+            drop += SOURCE_PARAMS
     return SearchPlan(
         config,
         body,
-        drop_params=("from", "size"),
+        drop_params=drop,
         query_text=query_text,
         offset=offset,
         size=size,
+        source_filter=source_filter,
     )
+
+
+def _param_text(value: Any) -> str:
+    """A URL parameter as the engine reads it (lists comma-joined, booleans lower-case)."""
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, (list, tuple)):
+        return ",".join(str(v) for v in value)
+    return str(value)
 
 
 def _minmax(values: list[float]) -> list[float]:
@@ -184,7 +215,7 @@ def finish_search(
         ranked.append((final[rank], rank, new))
     ranked.sort(key=lambda t: (-t[0], t[1]))
     merged = [h for _, _, h in ranked] + rest
-    out["hits"]["hits"] = merged[plan.offset : plan.offset + plan.size]
+    out["hits"]["hits"] = plan.page(merged)
     out["hits"]["max_score"] = ranked[0][0] if ranked else None
     out[RERANK_KEY] = {
         "model": result.model,
@@ -206,8 +237,7 @@ def finish_search(
 def fallback_response(plan: SearchPlan, response: Mapping[str, Any], error: str) -> dict[str, Any]:
     """Engine order for the caller's page, flagged, for when scoring failed."""
     out = _copy_shell(response)
-    hits = response.get("hits", {}).get("hits", [])
-    out["hits"]["hits"] = hits[plan.offset : plan.offset + plan.size]
+    out["hits"]["hits"] = plan.page(response.get("hits", {}).get("hits", []))
     out[RERANK_KEY] = {"fallback": True, "error": error, "window": plan.config.window}
     return out
 

@@ -60,6 +60,15 @@ _BODY_FIELDS = frozenset(
     }
 )
 _BODY_ALIASES = {"from_": "from", "source": "_source"}
+# URL parameters reranking reads, by elasticsearch-py keyword and engine name.
+_URL_NAMES = {
+    "q": "q",
+    "scroll": "scroll",
+    "source_includes": "_source_includes",
+    "_source_includes": "_source_includes",
+    "source_excludes": "_source_excludes",
+    "_source_excludes": "_source_excludes",
+}
 
 
 def _split_search(kwargs: dict[str, Any]) -> tuple[Any, dict[str, Any], dict[str, Any]]:
@@ -68,7 +77,7 @@ def _split_search(kwargs: dict[str, Any]) -> tuple[Any, dict[str, Any], dict[str
     for name in list(rest):
         if name in _BODY_FIELDS and rest[name] is not None:
             body[_BODY_ALIASES.get(name, name)] = rest.pop(name)
-    params = {k: rest[k] for k in ("q", "scroll") if rest.get(k) is not None}
+    params = {_URL_NAMES[k]: v for k, v in rest.items() if k in _URL_NAMES and v is not None}
     return body, params, rest
 
 
@@ -81,6 +90,8 @@ def _split_msearch(kwargs: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
 
 
 class _Calls(EngineCalls):
+    url_names = _URL_NAMES
+
     def body_of(self, response: Any) -> Any:
         return response.body
 

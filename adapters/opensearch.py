@@ -15,7 +15,7 @@ from typing import Any
 from opensearchpy import AsyncOpenSearch as _AsyncOpenSearch
 from opensearchpy import OpenSearch as _OpenSearch
 
-from ._client import AsyncReranking, RerankingClient, SyncReranking
+from ._client import AsyncReranking, EngineCalls, RerankingClient, SyncReranking
 
 __all__ = ["AsyncOpenSearch", "OpenSearch"]
 
@@ -50,6 +50,9 @@ _URL_PARAMS = {
     "q": "q",
     "sort": "sort",
     "scroll": "scroll",
+    "_source": "_source",
+    "_source_includes": "_source_includes",
+    "_source_excludes": "_source_excludes",
 }
 
 
@@ -61,12 +64,6 @@ def _split_search(kwargs: dict[str, Any]) -> tuple[Any, dict[str, Any], dict[str
             body[name] = rest.pop(name)
     given = dict(rest.get("params") or {})
     params = {_URL_PARAMS[k]: v for k, v in {**given, **rest}.items() if k in _URL_PARAMS}
-    # The rewritten request carries from/size in its body only.
-    for name in ("size", "from_", "from"):
-        rest.pop(name, None)
-        given.pop(name, None)
-    if "params" in rest:
-        rest["params"] = given
     return body, params, rest
 
 
@@ -75,7 +72,12 @@ def _split_msearch(kwargs: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
     return rest.pop("body", None), rest
 
 
+class _Calls(EngineCalls):
+    url_names = _URL_PARAMS
+
+
 class _Reranking(RerankingClient):
+    _calls = _Calls
     _split_search = staticmethod(_split_search)
     _split_msearch = staticmethod(_split_msearch)
 

@@ -18,12 +18,19 @@ def cfg(**kw: Any) -> RerankConfig:
 
 def response(n: int) -> dict[str, Any]:
     hits = [
-        {"_index": "i", "_id": str(i), "_score": float(n - i), "_source": {"text": f"d{i}"},
-         "highlight": {"text": [f"<em>d{i}</em>"]}}
+        {
+            "_index": "i",
+            "_id": str(i),
+            "_score": float(n - i),
+            "_source": {"text": f"d{i}"},
+            "highlight": {"text": [f"<em>d{i}</em>"]},
+        }
         for i in range(n)
     ]
     return {
-        "took": 3, "timed_out": False, "_shards": {"total": 1},
+        "took": 3,
+        "timed_out": False,
+        "_shards": {"total": 1},
         "hits": {"total": {"value": 1000, "relation": "eq"}, "max_score": float(n), "hits": hits},
         "aggregations": {"a": {"value": 1}},
     }
@@ -115,8 +122,13 @@ def test_min_score_drops_below_threshold() -> None:
 
 def test_weighted_fusion() -> None:
     # engine scores 4,3,2,1 -> 1, 2/3, 1/3, 0; ce 0,1,0,0.5 -> 0,1,0,0.5
-    out = finish({"query": QUERY}, 4, [0.0, 1.0, 0.0, 0.5], window=4,
-                 fusion=FusionConfig(method="weighted", weight=0.5))
+    out = finish(
+        {"query": QUERY},
+        4,
+        [0.0, 1.0, 0.0, 0.5],
+        window=4,
+        fusion=FusionConfig(method="weighted", weight=0.5),
+    )
     got = {h["_id"]: h["_score"] for h in out["hits"]["hits"]}
     assert got == pytest.approx({"0": 0.5, "1": 5 / 6, "2": 1 / 6, "3": 0.25})
     assert [h["_id"] for h in out["hits"]["hits"]] == ["1", "0", "3", "2"]
@@ -124,7 +136,50 @@ def test_weighted_fusion() -> None:
 
 
 def test_rrf_fusion() -> None:
-    out = finish({"query": QUERY}, 3, [0.0, 1.0, 0.5], window=3,
-                 fusion=FusionConfig(method="rrf", rank_constant=1))
+    out = finish(
+        {"query": QUERY},
+        3,
+        [0.0, 1.0, 0.5],
+        window=3,
+        fusion=FusionConfig(method="rrf", rank_constant=1),
+    )
     got = {h["_id"]: h["_score"] for h in out["hits"]["hits"]}
     assert got == pytest.approx({"0": 1 / 2 + 1 / 4, "1": 1 / 3 + 1 / 2, "2": 1 / 4 + 1 / 3})
+
+
+@pytest.mark.parametrize(
+    ("body_source", "params", "expected"),
+    [
+        (["meta"], {}, {"meta": 1}),
+        ({"excludes": ["text"]}, {}, {"meta": 1}),
+        (False, {}, None),
+        (None, {"_source_includes": ["meta"]}, {"meta": 1}),
+        (None, {"_source": "false"}, None),
+    ],
+)
+def test_source_filtering_fetches_what_scoring_needs(
+    body_source: Any, params: dict[str, Any], expected: dict[str, Any] | None
+) -> None:
+    body: dict[str, Any] = {"query": QUERY}
+    if body_source is not None:
+        body["_source"] = body_source
+    plan = plan_search(body, params, cfg(window=3))
+    assert "_source" not in plan.body  # the engine returns the whole _source
+    assert set(plan.drop_params) >= {"_source", "_source_includes", "_source_excludes"}
+    resp = response(3)
+    for hit in resp["hits"]["hits"]:
+        hit["_source"]["meta"] = 1
+    request = plan.score_request(resp)
+    assert request.documents == ["d0", "d1", "d2"] and plan.missing_fields == 0
+    out = finish_search(plan, resp, ScoreResult([1.0, 3.0, 2.0]), 0.0)
+    assert [h["_id"] for h in out["hits"]["hits"]] == ["1", "2", "0"]
+    for hit in out["hits"]["hits"]:
+        assert hit.get("_source") == expected
+    assert resp["hits"]["hits"][0]["_source"] == {"text": "d0", "meta": 1}  # input untouched
+
+
+def test_no_source_filtering_leaves_the_request_alone() -> None:
+    plan = plan_search({"query": QUERY, "_source": True}, {}, cfg())
+    assert plan.source_filter is None and plan.body["_source"] is True
+    fields_cfg = RerankConfig(model="m", fields=("text",), source="fields")
+    assert plan_search({"query": QUERY, "_source": False}, {}, fields_cfg).body["_source"] is False
