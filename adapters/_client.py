@@ -127,9 +127,15 @@ class RerankingClient:
     _rerank: RerankState
     _calls: type[EngineCalls] = EngineCalls
 
-    def _init_rerank(
-        self, rerank: RerankConfig | dict[str, Any] | None, scorer: Scorer | None
+    def __init__(
+        self,
+        *args: Any,
+        rerank: RerankConfig | dict[str, Any] | None = None,
+        scorer: Scorer | None = None,
+        **kwargs: Any,
     ) -> None:
+        """The official client's constructor, plus ``rerank=`` and ``scorer=``."""
+        super().__init__(*args, **kwargs)
         self._rerank = RerankState(rerank, scorer)
 
     @property
@@ -173,16 +179,6 @@ class SyncReranking(RerankingClient):
     Place it before the official client class; ``super()`` reaches the client's own methods.
     """
 
-    def __init__(
-        self,
-        *args: Any,
-        rerank: RerankConfig | dict[str, Any] | None = None,
-        scorer: Scorer | None = None,
-        **kwargs: Any,
-    ) -> None:
-        super().__init__(*args, **kwargs)
-        self._init_rerank(rerank, scorer)
-
     def search(self, *, rerank: RerankOption = None, **kwargs: Any) -> Any:
         """The client's ``search``, reranked: ``rerank=False`` turns it off for this call,
         a dict of :class:`RerankConfig` options overrides the client's for this call."""
@@ -197,16 +193,6 @@ class SyncReranking(RerankingClient):
 
 class AsyncReranking(RerankingClient):
     """Mixin for an async client class; the async twin of :class:`SyncReranking`."""
-
-    def __init__(
-        self,
-        *args: Any,
-        rerank: RerankConfig | dict[str, Any] | None = None,
-        scorer: Scorer | None = None,
-        **kwargs: Any,
-    ) -> None:
-        super().__init__(*args, **kwargs)
-        self._init_rerank(rerank, scorer)
 
     async def search(self, *, rerank: RerankOption = None, **kwargs: Any) -> Any:
         """The client's ``search``, reranked (see :meth:`SyncReranking.search`)."""

@@ -466,30 +466,19 @@ class EngineNode:
             gid = grp.getgrnam(_RUN_AS[1]).gr_gid
             _chown_tree(self.workdir, uid, gid)
             self.workdir.chmod(0o700)
+        # As root, run as nobody: neither engine runs as root.
+        user = {"user": _RUN_AS[0], "group": _RUN_AS[1], "extra_groups": []} if as_root else {}
         with open(self._log, "ab") as out:
-            if as_root:
-                self._proc = subprocess.Popen(
-                    cmd,
-                    cwd=home,
-                    env=env,
-                    stdin=subprocess.DEVNULL,
-                    stdout=out,
-                    stderr=subprocess.STDOUT,
-                    start_new_session=True,
-                    user=_RUN_AS[0],
-                    group=_RUN_AS[1],
-                    extra_groups=[],
-                )
-            else:
-                self._proc = subprocess.Popen(
-                    cmd,
-                    cwd=home,
-                    env=env,
-                    stdin=subprocess.DEVNULL,
-                    stdout=out,
-                    stderr=subprocess.STDOUT,
-                    start_new_session=True,
-                )
+            self._proc = subprocess.Popen(  # type: ignore[call-overload]
+                cmd,
+                cwd=home,
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+                **user,
+            )
 
     def _wait_healthy(self) -> None:
         assert self._proc is not None
