@@ -18,10 +18,14 @@ ENGINES_PASS1 ?= elasticsearch:9.3.2,opensearch:2.19.6,opensearch:3.6.0
 ENGINES_PASS2 ?= elasticsearch:8.19.21
 PYTEST_ARGS ?=
 
-.PHONY: setup venv es8 engines test lint typecheck unit integration integration-pass1 \
+.PHONY: setup demo venv es8 engines test lint typecheck unit integration integration-pass1 \
         integration-pass2 clean
 
 setup: venv es8 engines
+
+# The main job: set up, then the demo on a real OpenSearch node.
+demo: setup
+	$(PY) -m crossrank.adapters.demo
 
 venv:
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)

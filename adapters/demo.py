@@ -123,7 +123,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m crossrank.adapters.demo")
     parser.add_argument("--engine", default="opensearch:2.19.6", help="KIND:VERSION")
     parser.add_argument("--model", help="cross-encoder path or hub name")
-    parser.add_argument("--window", type=int, default=50)
+    parser.add_argument("--window", type=int, default=30)
+    parser.add_argument("--max-length", type=int, default=256)
     args = parser.parse_args(argv)
 
     from crossrank.reranker import RerankConfig
@@ -133,7 +134,9 @@ def main(argv: list[str] | None = None) -> int:
     with EngineNode(spec) as node:
         say(f"      up at {node.url} in {node.startup_seconds or 0:.0f} s")
         model = args.model or str(default_model(DEFAULT_CACHE_DIR.parent))
-        config = RerankConfig(model=model, fields=("title", "text"), window=args.window)
+        config = RerankConfig(
+            model=model, fields=("title", "text"), window=args.window, max_length=args.max_length
+        )
         client = client_for(node.url, spec.kind, rerank=config)
         say("[2/4] indexing the standard library's docstrings ...")
         docs = list(corpus())
