@@ -31,8 +31,13 @@ def direct_scores(path: Path, query: str, docs: list[str], max_length: int) -> l
     out = []
     with torch.inference_mode():
         for doc in docs:
-            enc = tok(query, doc or " ", truncation="only_second", max_length=max_length,
-                      return_tensors="pt")
+            enc = tok(
+                query,
+                doc or " ",
+                truncation="only_second",
+                max_length=max_length,
+                return_tensors="pt",
+            )
             out.append(model(**enc).logits[0].tolist())
     return out
 
@@ -120,3 +125,34 @@ def test_bfloat16_keeps_the_ranking_close(tiny_model_dir: Path) -> None:
 def test_unloadable_model_is_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(ModelLoadError, match="cannot load"):
         LocalScorer(RerankConfig(model=str(tmp_path / "nope")))
+
+
+def test_device_order_and_gpu_dtypes(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert local_module.pick_device("auto") == "cuda"
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda: True)
+    assert local_module.pick_dtype("cuda") is torch.bfloat16
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda: False)
+    assert local_module.pick_dtype("cuda:0") is torch.float16
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: True)
+    assert local_module.pick_device("auto") == "mps"
+    assert local_module.pick_dtype("mps") is torch.float16
+    assert local_module.pick_device("cpu") == "cpu"
+
+
+def test_batches_are_length_sorted_and_under_the_token_budget(tiny_model_dir: Path) -> None:
+    s = scorer(tiny_model_dir, batch_tokens=512)
+    docs = [" ".join(["flow"] * n) for n in (3, 200, 40, 90, 7, 150, 60)]
+    enc = s.encode([ScoreRequest(QUERY, docs)])
+    lengths = [len(ids) for ids in enc.input_ids]
+    batches = s._batches(enc)
+    assert sorted(r for b in batches for r in b) == list(range(len(docs)))
+    order = [lengths[r] for b in batches for r in b]
+    assert order == sorted(order, reverse=True)
+    for batch in batches:  # padded to the batch's longest row, within the budget
+        assert len(batch) == 1 or len(batch) * max(lengths[r] for r in batch) <= 512
+    padded = s.pad(
+        [enc.input_ids[r] for r in batches[-1]], [enc.token_type_ids[r] for r in batches[-1]]
+    )
+    assert padded.input_ids.shape[1] == max(lengths[r] for r in batches[-1])
