@@ -31,7 +31,7 @@ from crossrank.reranker.errors import RerankOptionsError
 
 from .control import ConfigResolver, Control, extract_control
 from .errors import BadRequest
-from .filtering import SourceFilter, filter_path, parse_source
+from .filtering import filter_path
 from .forward import Headers, Upstream, client_headers, header, relay_raw, response_headers
 from .metrics import ProxyMetrics, Timer
 from .routing import Route
@@ -41,7 +41,6 @@ from .settings import ProxySettings, scorer_key
 __all__ = ["Incoming", "Outgoing", "SearchHandler"]
 
 FALLBACK_HEADER = b"x-crossrank-fallback"
-_SOURCE_PARAMS = ("_source", "_source_includes", "_source_excludes")
 _NON_JSON = (b"yaml", b"cbor", b"smile")
 
 
@@ -119,25 +118,18 @@ class _Exchange:
         params: list[tuple[str, str]],
         original: bytes,
         original_query: bytes,
-        widen: bool,
         metrics: ProxyMetrics,
     ) -> None:
         self.upstream, self.req, self.params = upstream, req, params
         self.original, self.original_query = original, original_query
-        self.widen, self.metrics = widen, metrics
+        self.metrics = metrics
         self.raw: httpx.Response | None = None
         self.response: httpx.Response | None = None
 
-    def _serialise(self, body: Any) -> bytes:
+    @staticmethod
+    def _serialise(body: Any) -> bytes:
         if isinstance(body, list):  # msearch lines
-            lines = []
-            for n, line in enumerate(body):
-                if n % 2 and self.widen and isinstance(line, dict):
-                    line = {k: v for k, v in line.items() if k != "_source"}
-                lines.append(json.dumps(line, ensure_ascii=False))
-            return ("\n".join(lines) + "\n").encode()
-        if self.widen:
-            body = {k: v for k, v in body.items() if k != "_source"}
+            return "".join(json.dumps(line, ensure_ascii=False) + "\n" for line in body).encode()
         return json.dumps(body, ensure_ascii=False).encode()
 
     async def __call__(self, call: EngineCall) -> Any:
@@ -155,7 +147,9 @@ class _Exchange:
                     self.req.method, url, headers, content, stream=True
                 )
                 return None
-            drop = {*call.drop_params, "filter_path", *(_SOURCE_PARAMS if self.widen else ())}
+            # The flow names what to drop (from/size, and _source* when it fetches the whole
+            # _source to filter it afterwards); filter_path is applied to the rewritten response.
+            drop = {*call.drop_params, "filter_path"}
             query = urlencode([(k, v) for k, v in self.params if k not in drop])
             headers = client_headers(self.req.headers, (b"content-length", b"content-encoding"))
             if header(headers, b"content-type") is None:
@@ -209,9 +203,7 @@ class SearchHandler:
         pairs = parse_qsl(req.query.decode("latin-1"), keep_blank_values=True)
         params = dict(pairs)
         if not self._rerankable(req, params):
-            exchange = _Exchange(
-                self.upstream, req, pairs, req.raw_body, req.query, False, self.metrics
-            )
+            exchange = _Exchange(self.upstream, req, pairs, req.raw_body, req.query, self.metrics)
             await exchange(EngineCall(None, original=True))
             return self._relay(exchange)
         timer = Timer()
@@ -230,15 +222,13 @@ class SearchHandler:
         control = extract_control(body, params)
         config = self.resolver.resolve(route.indices, control.options)
         flow_params = {k: v for k, v in params.items() if k not in control.drop_params}
-        source = parse_source(control.body.get("_source"), params)
-        widen = source is not None and config.source == "_source"
         pairs = [(k, v) for k, v in pairs if k not in control.drop_params]
         if control.changed:
             original = json.dumps(control.body, ensure_ascii=False).encode()
             query = urlencode(pairs).encode()
         else:
             original, query = req.raw_body, req.query
-        exchange = _Exchange(self.upstream, req, pairs, original, query, widen, self.metrics)
+        exchange = _Exchange(self.upstream, req, pairs, original, query, self.metrics)
         scorer = BudgetScorer(self.scorers, config, self._budget([control.budget_ms]), self.metrics)
         flow = search_flow(control.body if body is not None else None, flow_params, config)
         try:
@@ -247,8 +237,6 @@ class SearchHandler:
             return self._reply(reply.response)
         if out is PASSTHROUGH:
             return self._relay(exchange)
-        if widen and source is not None:
-            source.apply(out.get("hits", {}).get("hits", []))
         return self._rewritten(out, [out], exchange, params)
 
     async def _msearch(
@@ -256,12 +244,10 @@ class SearchHandler:
     ) -> Outgoing:
         lines = _parse_ndjson(req.body)
         configs: list[RerankConfig | RerankOptionsError] = []
-        sources: list[SourceFilter | None] = []
         budgets: list[float | None] = []
         changed = False
         for n in range(0, len(lines), 2):
             item_header, item = lines[n], lines[n + 1]
-            sources.append(None)
             try:
                 control: Control = extract_control(item, {})
                 config = self.resolver.resolve(_item_indices(item_header, route), control.options)
@@ -272,18 +258,15 @@ class SearchHandler:
             changed = changed or control.changed
             configs.append(config)
             budgets.append(control.budget_ms)
-            if config.source == "_source":
-                sources[-1] = parse_source(control.body.get("_source"), {})
         active = [c for c in configs if isinstance(c, RerankConfig) and c.enabled]
         if len({scorer_key(c) for c in active}) > 1:
             raise BadRequest("the reranked items of one _msearch must use the same model")
         base = active[0] if active else self.resolver.for_indices(route.indices)
-        widen = any(s is not None for s in sources)
         if changed:
             original = b"".join(json.dumps(line).encode() + b"\n" for line in lines)
         else:
             original = req.raw_body
-        exchange = _Exchange(self.upstream, req, pairs, original, req.query, widen, self.metrics)
+        exchange = _Exchange(self.upstream, req, pairs, original, req.query, self.metrics)
         scorer = BudgetScorer(self.scorers, base, self._budget(budgets), self.metrics)
         try:
             out = await run_async(msearch_flow(lines, base, configs), exchange, scorer)
@@ -291,11 +274,7 @@ class SearchHandler:
             return self._reply(reply.response)
         if out is PASSTHROUGH:
             return self._relay(exchange)
-        items = out.get("responses", [])
-        for item_out, source in zip(items, sources):
-            if widen and source is not None and isinstance(item_out, dict):
-                source.apply(item_out.get("hits", {}).get("hits", []))
-        return self._rewritten(out, items, exchange, params)
+        return self._rewritten(out, out.get("responses", []), exchange, params)
 
     def _rewritten(
         self, out: Any, results: list[Any], exchange: _Exchange, params: Mapping[str, str]
