@@ -9,19 +9,17 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import httpx
-
 from crossrank.reranker import RerankConfig, ScoreRequest, ScoreResult
+
+from .helpers import free_port, wait_healthy
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -50,12 +48,6 @@ class FaultyScorer:
 def faulty_scorer(config: RerankConfig) -> FaultyScorer:
     """The ``--scorer-factory`` entry point."""
     return FaultyScorer()
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @dataclass
@@ -98,18 +90,12 @@ def start_proxy(upstream: str, *args: str, startup_timeout: float = 180.0) -> Pr
     with log.open("wb") as fh:
         proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, cwd=REPO, env=env)
     proxy = ProxyProcess(f"http://127.0.0.1:{port}", proc, log)
-    deadline = time.monotonic() + startup_timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"proxy exited with {proc.returncode}:\n{proxy.logs()[-3000:]}")
-        try:
-            if httpx.get(f"{proxy.url}/_crossrank/health", timeout=2).status_code == 200:
-                return proxy
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.3)
-    proxy.stop()
-    raise RuntimeError(f"proxy did not start in {startup_timeout}s:\n{proxy.logs()[-3000:]}")
+    try:
+        wait_healthy(proc, f"{proxy.url}/_crossrank/health", startup_timeout, proxy.logs)
+    except (RuntimeError, TimeoutError):
+        proxy.stop()
+        raise
+    return proxy
 
 
 def official(engine: Any, url: str, **kwargs: Any) -> Any:

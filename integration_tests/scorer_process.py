@@ -4,21 +4,14 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
+from .helpers import free_port, wait_healthy
 
 
 class ScorerProcess:
@@ -37,18 +30,12 @@ class ScorerProcess:
         cmd += ["--port", str(self.port), "--log-level", "warning"]
         with self.log.open("wb") as log:
             self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"scorer exited: {self.log.read_text()[-2000:]}")
-            try:
-                if httpx.get(self.url + "/health", timeout=1).status_code == 200:
-                    return self
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.2)
-        self.stop()
-        raise RuntimeError(f"scorer not healthy after {timeout}s: {self.log.read_text()[-2000:]}")
+        try:
+            wait_healthy(self.proc, self.url + "/health", timeout, self.log.read_text)
+        except (RuntimeError, TimeoutError):
+            self.stop()
+            raise
+        return self
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 30.0) -> int | None:
         """Signal the process and wait for it; its exit status."""
