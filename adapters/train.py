@@ -2,15 +2,19 @@
 
 Training groups come from either
 
-- **judged pairs** (``--qrels``: a BEIR folder's ``qrels/<split>.tsv`` and its queries): each
-  judged-relevant document is a positive; or
-- **your own index, self-supervised** (default): a short field (``--query-field``, e.g. the
-  title) is the pseudo-query and the document's long field (``--doc-field``) the positive,
-  with the pseudo-query's text removed from it so the model cannot just match it back.
+- **your own index, self-supervised** (default): pseudo-queries from each document — its
+  short field (``--query-field``, e.g. the title; the first sentence where there is none)
+  and a random sentence — with the document itself, the pseudo-query removed, as the
+  positive; or
+- **judged pairs** (``--qrels``: a BEIR folder's ``qrels/<split>.tsv`` and its queries).
 
-Negatives are mined with BM25 from the live engine, skipping the very top ranks
-(``--skip-top``), which are often unjudged positives. The model is saved in Hugging Face
-format; the local scorer and the scorer service load it as-is.
+Candidates are BM25 hits from the live engine. Self-supervised training (loss ``distill``)
+learns the base checkpoint's own similarity (a bi-encoder's cosine of the pseudo-query and
+each candidate) as a listwise distribution, mixed with the known positive, starting from a
+classification head fitted to that similarity; no labels are needed, and unjudged positives
+among the candidates are not punished. With hard labels (``listwise``, ``bce``) the top
+``--skip-top`` BM25 ranks are left out of the negatives instead. The model is saved in
+Hugging Face format; the local scorer and the scorer service load it as-is.
 """
 
 from __future__ import annotations
@@ -19,15 +23,25 @@ import argparse
 import random
 import re
 import sys
+import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from crossrank.reranker.training import TrainGroup, TrainSettings, train
 
 from .connect import client_for
 
-__all__ = ["judged_groups", "main", "mine_negatives", "self_supervised_groups"]
+__all__ = [
+    "PseudoQuery",
+    "judged_groups",
+    "main",
+    "mine_negatives",
+    "parser",
+    "pseudo_queries",
+    "self_supervised_groups",
+    "sentences",
+]
 
 
 def _body(resp: Any) -> Any:
@@ -93,6 +107,52 @@ def _strip(text: str, phrase: str) -> str:
     return " ".join(re.sub(pattern, " ", text, flags=re.IGNORECASE).split())
 
 
+_SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
+KINDS = ("title", "sentence")
+
+
+def sentences(text: str) -> list[str]:
+    """``text`` split after ``.``, ``!`` or ``?`` followed by white space."""
+    return [s.strip() for s in _SENTENCE_END.split(text) if s.strip()]
+
+
+class PseudoQuery(NamedTuple):
+    """A pseudo-query, its kind, and its document without it (the positive)."""
+
+    kind: str
+    query: str
+    positive: str
+
+
+def pseudo_queries(
+    title: str, text: str, kinds: Sequence[str], rng: random.Random
+) -> list[PseudoQuery]:
+    """Pseudo-queries from one document, each removed from its positive.
+
+    ``title``: the short field (or, where it is missing, the text's first sentence) against
+    the rest of the text. ``sentence``: a random sentence of 5-32 words against the title and
+    the rest of the text.
+    """
+    out = []
+    parts = sentences(text)
+    for kind in kinds:
+        if kind == "title":
+            query = title if len(title.split()) >= 2 else (parts[0] if parts else "")
+            positive = _strip(text, query)
+        elif kind == "sentence":
+            pool = [p for p in parts[1:] if 5 <= len(p.split()) <= 32]
+            if not pool:
+                continue
+            query = rng.choice(pool)
+            positive = "\n".join(x for x in (title, _strip(text, query)) if x)
+        else:
+            raise ValueError(f"unknown pseudo-query kind {kind!r}")
+        query = " ".join(query.split())
+        if len(query.split()) >= 2 and len(positive.split()) >= 5:
+            out.append(PseudoQuery(kind, query, positive))
+    return out
+
+
 def self_supervised_groups(
     client: Any,
     index: str,
@@ -103,23 +163,38 @@ def self_supervised_groups(
     skip_top: int,
     limit: int | None,
     seed: int,
+    kinds: Sequence[str] = ("title",),
+    depth: int = 50,
 ) -> list[TrainGroup]:
-    """Pseudo-query = ``query_field``, positive = ``doc_field`` without it, BM25 negatives."""
+    """Pseudo-queries of the given ``kinds`` (see :func:`pseudo_queries`) from every
+    document, each with its own document as the positive (the pseudo-query removed) and
+    ``negatives`` BM25 hits past the top ``skip_top`` of ``depth`` as negatives.
+
+    Documents are visited in a seeded random order; ``limit`` caps the number of groups.
+    """
     rng = random.Random(seed)
-    groups = []
     fields = (query_field, doc_field)
-    for doc in _scan(client, index, fields):
-        query, text = str(doc.get(query_field) or "").strip(), str(doc.get(doc_field) or "")
-        positive = _strip(text, query)
-        if len(query.split()) < 2 or len(positive.split()) < 5:
-            continue
-        negs = mine_negatives(
-            client, index, query, {doc["_id"]}, fields, count=negatives, skip_top=skip_top, rng=rng
-        )
-        if negs:
-            groups.append(TrainGroup(query, positive, tuple(negs)))
-        if limit and len(groups) >= limit:
-            break
+    docs = list(_scan(client, index, fields))
+    rng.shuffle(docs)
+    groups = []
+    for doc in docs:
+        title, text = str(doc.get(query_field) or "").strip(), str(doc.get(doc_field) or "")
+        for _, query, positive in pseudo_queries(title, text, kinds, rng):
+            negs = mine_negatives(
+                client,
+                index,
+                query,
+                {doc["_id"]},
+                fields,
+                count=negatives,
+                skip_top=skip_top,
+                depth=depth,
+                rng=rng,
+            )
+            if negs:
+                groups.append(TrainGroup(query, positive, tuple(negs)))
+            if limit and len(groups) >= limit:
+                return groups
     return groups
 
 
@@ -153,36 +228,62 @@ def judged_groups(
     return groups
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of ``crossrank train``."""
-    parser = argparse.ArgumentParser(
+def parser() -> argparse.ArgumentParser:
+    """The ``crossrank train`` command line."""
+    p = argparse.ArgumentParser(
         prog="crossrank train",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--engine-url", required=True)
-    parser.add_argument("--index", required=True)
-    parser.add_argument("--base", required=True, help="base checkpoint: hub name or path")
-    parser.add_argument("--output", type=Path, required=True)
-    parser.add_argument("--qrels", type=Path, help="BEIR folder with judged pairs (train split)")
-    parser.add_argument("--split", default="train")
-    parser.add_argument("--query-field", default="title")
-    parser.add_argument("--doc-field", default="text")
-    parser.add_argument("--skip-top", type=int, default=3)
-    parser.add_argument("--limit", type=int, help="at most this many training groups")
-    parser.add_argument("--loss", choices=["listwise", "bce"], default="listwise")
-    parser.add_argument("--steps", type=int, default=1000)
-    parser.add_argument("--batch-groups", type=int, default=4)
-    parser.add_argument("--negatives", type=int, default=7)
-    parser.add_argument("--max-length", type=int, default=256)
-    parser.add_argument("--learning-rate", type=float, default=3e-5)
-    parser.add_argument("--dtype", choices=["auto", "float32", "bfloat16"], default="auto")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--checkpoint-every", type=int, default=200)
-    parser.add_argument("--no-resume", action="store_true")
-    args = parser.parse_args(argv)
+    p.add_argument("--engine-url", required=True)
+    p.add_argument("--index", required=True)
+    p.add_argument("--base", required=True, help="base checkpoint: hub name or path")
+    p.add_argument("--output", type=Path, required=True)
+    p.add_argument("--qrels", type=Path, help="BEIR folder with judged pairs (train split)")
+    p.add_argument("--split", default="train")
+    p.add_argument("--query-field", default="title")
+    p.add_argument("--doc-field", default="text")
+    p.add_argument(
+        "--kinds",
+        default=",".join(KINDS),
+        help="pseudo-query kinds, comma-separated: title (or the first sentence), sentence",
+    )
+    p.add_argument("--depth", type=int, default=30, help="BM25 hits fetched per query")
+    p.add_argument("--candidates", type=int, default=30, help="negatives kept per group")
+    p.add_argument(
+        "--skip-top", type=int, help="BM25 ranks not used as negatives (default: 0 distill, 3)"
+    )
+    p.add_argument("--limit", type=int, help="at most this many groups (default: steps x batch)")
+    p.add_argument(
+        "--loss",
+        choices=["distill", "listwise", "bce"],
+        help="default: distill (self-supervised), listwise (--qrels)",
+    )
+    p.add_argument("--steps", type=int, default=1000)
+    p.add_argument("--batch-groups", type=int, default=4)
+    p.add_argument("--negatives", type=int, default=7, help="negatives per group and step")
+    p.add_argument("--max-length", type=int, default=128)
+    p.add_argument("--learning-rate", type=float, default=1e-4)
+    p.add_argument("--head-init", choices=["fit", "random"], help="default: fit with distill")
+    p.add_argument("--temperature", type=float, default=0.05, help="teacher softmax temperature")
+    p.add_argument("--hard-weight", type=float, default=0.2, help="weight of the hard label")
+    p.add_argument("--teacher-max-length", type=int, default=128)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--dtype", choices=["auto", "float32", "bfloat16"], default="auto")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--checkpoint-every", type=int, default=200)
+    p.add_argument("--no-resume", action="store_true")
+    return p
 
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``crossrank train``."""
+    args = parser().parse_args(argv)
+    loss = args.loss or ("listwise" if args.qrels else "distill")
+    skip_top = args.skip_top if args.skip_top is not None else (0 if loss == "distill" else 3)
+    limit = args.limit or args.steps * args.batch_groups
     client = client_for(args.engine_url)
+    started = time.perf_counter()
     if args.qrels:
         groups = judged_groups(
             client,
@@ -190,7 +291,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             args.qrels,
             args.split,
             fields=(args.query_field, args.doc_field),
-            negatives=args.negatives,
+            negatives=args.candidates,
             skip_top=0,
             seed=args.seed,
         )
@@ -200,24 +301,41 @@ def main(argv: Sequence[str] | None = None) -> int:
             args.index,
             query_field=args.query_field,
             doc_field=args.doc_field,
-            negatives=args.negatives,
-            skip_top=args.skip_top,
-            limit=args.limit,
+            negatives=args.candidates,
+            skip_top=skip_top,
+            limit=limit,
             seed=args.seed,
+            kinds=[k.strip() for k in args.kinds.split(",") if k.strip()],
+            depth=args.depth,
         )
     if not groups:
         print("crossrank train: no training groups could be built from the index", file=sys.stderr)
         return 1
-    print(f"{len(groups)} training groups; e.g. query {groups[0].query!r}", flush=True)
+    print(
+        f"{len(groups)} training groups in {time.perf_counter() - started:.0f} s;"
+        f" e.g. query {groups[0].query!r}",
+        flush=True,
+    )
+    if loss == "distill":
+        from crossrank.reranker.distill import label_groups
+
+        print(f"teacher scores from {args.base} (its own similarity) ...", flush=True)
+        groups = label_groups(
+            groups, args.base, max_length=args.teacher_max_length, device=args.device
+        )
     settings = TrainSettings(
         base=args.base,
         output=args.output,
-        loss=args.loss,
+        loss=loss,
         steps=args.steps,
         batch_groups=args.batch_groups,
         negatives=args.negatives,
         max_length=args.max_length,
         learning_rate=args.learning_rate,
+        temperature=args.temperature,
+        hard_weight=args.hard_weight,
+        head_init=args.head_init or ("fit" if loss == "distill" else "random"),
+        device=args.device,
         dtype=args.dtype,
         seed=args.seed,
         checkpoint_every=args.checkpoint_every,

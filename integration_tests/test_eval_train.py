@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
+
+import pytest
 
 from crossrank.adapters.evaluate import (
     evaluate,
@@ -12,11 +15,13 @@ from crossrank.adapters.evaluate import (
     pick_analyzer,
     write_outputs,
 )
+from crossrank.adapters.evaluate import main as eval_main
 from crossrank.adapters.train import self_supervised_groups
 from crossrank.reranker import LocalScorer, RerankConfig, ScoreRequest
 from crossrank.reranker.training import TrainSettings, train
 
 from .conftest import INDEX, dataset_dir
+from .proxy_support import start_proxy
 
 
 def test_eval_reports_bm25_reranked_and_fused(
@@ -96,3 +101,33 @@ def test_strong_bm25_analyzer_where_the_engine_has_it(engine: Any) -> None:
     if not engine.is_es:
         tokens = client.indices.analyze(body={"analyzer": "english", "text": "The flows"})
         assert [t["token"] for t in tokens["tokens"]] == ["flow"]
+
+
+def test_eval_through_the_proxy_matches_the_wrapper(
+    engine: Any, tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    """``crossrank eval --proxy-url``: indexes through the engine URL, searches through a real
+    proxy subprocess, and scores what the wrapper path scores for the same model."""
+    # device and dtype left to auto, as in the wrapper run
+    proxy = start_proxy(engine.url, "--model", str(tiny_model_dir), "--fields", "title,text")
+    try:
+        common = [
+            str(dataset_dir()), "--engine-url", engine.url, "--index", "adi_proxy_eval",
+            "--max-queries", "6", "--window", "20",
+        ]  # fmt: skip
+        assert eval_main([*common, "--proxy-url", proxy.url, "--out", str(tmp_path / "p")]) == 0
+    finally:
+        assert proxy.stop(), proxy.logs()[-2000:]
+    events = [json.loads(line) for line in proxy.logs().splitlines() if line.startswith("{")]
+    searches = [e for e in events if e.get("msg") == "request" and e.get("route") == "search"]
+    assert len(searches) == 6 and all(e["status"] == 200 for e in searches)
+    assert eval_main([*common, "--reuse-index", "--model", str(tiny_model_dir),
+                      "--out", str(tmp_path / "w")]) == 0  # fmt: skip
+    via_proxy = json.loads((tmp_path / "p" / "summary.json").read_text())["summary"]
+    wrapper = json.loads((tmp_path / "w" / "summary.json").read_text())["summary"]
+    assert set(via_proxy) == {"bm25", "reranked", "fused"}
+    assert via_proxy["bm25"] == wrapper["bm25"]  # the engine's order, from _rerank.engine_*
+    for run in ("reranked", "fused"):
+        assert via_proxy[run] == pytest.approx(wrapper[run], abs=1e-6)
+    rows = json.loads((tmp_path / "p" / "per_query.json").read_text())
+    assert len(rows) == 6

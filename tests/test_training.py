@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -108,3 +109,73 @@ def test_resume_from_checkpoint(tiny_model_dir: Path, tmp_path: Path) -> None:
 def test_no_groups_is_an_error(tiny_model_dir: Path, tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="no training groups"):
         train([], settings(tmp_path, tiny_model_dir), progress=False)
+
+
+def _with_teacher(groups: list[TrainGroup]) -> list[TrainGroup]:
+    """A teacher that prefers the positive (0.9) and spreads the negatives below it."""
+    return [
+        TrainGroup(g.query, g.positive, g.negatives, (0.9, *(0.3 - 0.01 * i for i in range(7))))
+        for g in groups
+    ]
+
+
+def test_distill_loss_learns_the_teacher_order(tiny_model_dir: Path, tmp_path: Path) -> None:
+    losses: list[float] = []
+    out = train(
+        _with_teacher(GROUPS),
+        settings(tmp_path / "d", tiny_model_dir, loss="distill", hard_weight=0.0),
+        progress=False,
+        on_step=lambda step, loss: losses.append(loss),
+    )
+    assert sum(losses[-5:]) / 5 < sum(losses[:5]) / 5 * 0.8
+    scorer = LocalScorer(RerankConfig(model=str(out), dtype="float32"))
+    (result,) = scorer.score(
+        [ScoreRequest("shock waves", ["relevant study of shock waves", "notes on heat transfer"])]
+    )
+    assert result.scores[0] > result.scores[1]
+
+
+def test_distill_needs_teacher_scores(tiny_model_dir: Path, tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="teacher"):
+        train(GROUPS, settings(tmp_path, tiny_model_dir, loss="distill"), progress=False)
+
+
+def test_fitted_head_starts_from_the_teacher(tiny_model_dir: Path, tmp_path: Path) -> None:
+    """With ``head_init="fit"`` the first scores already follow the teacher within a group."""
+    from scipy.stats import spearmanr
+
+    groups = _with_teacher(GROUPS)
+    g = groups[0]
+    docs = [g.positive, *g.negatives]
+    seen: dict[str, float] = {}
+    for init in ("random", "fit"):
+
+        def correlation(step: int, model: Any, tokenizer: Any, init: str = init) -> None:
+            enc = tokenizer([g.query] * len(docs), docs, padding=True, return_tensors="pt")
+            with torch.no_grad():
+                scores = model(**enc).logits.view(-1).tolist()
+            seen[init] = float(spearmanr(scores, g.teacher).statistic)
+
+        frozen = dict(learning_rate=1e-12, head_learning_rate=1e-12)
+        train(
+            groups,
+            settings(
+                tmp_path / init, tiny_model_dir, loss="distill", steps=1, head_init=init, **frozen
+            ),
+            progress=False,
+            on_model=correlation,
+        )
+    assert seen["fit"] > 0.6 > seen["random"]
+
+
+def test_a_query_longer_than_max_length_is_cut_not_fatal(
+    tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    long = " ".join(["supersonic flow"] * 40)  # far over max_length=32 on its own
+    groups = _with_teacher([TrainGroup(long, g.positive, g.negatives) for g in GROUPS])
+    out = train(
+        groups,
+        settings(tmp_path / "long", tiny_model_dir, loss="distill", steps=2, head_init="fit"),
+        progress=False,
+    )
+    assert (out / "config.json").exists()

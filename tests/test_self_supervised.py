@@ -1,0 +1,63 @@
+"""Self-supervised training data: pseudo-queries and the base's own similarity as labels."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import pytest
+
+from crossrank.adapters.train import parser, pseudo_queries, sentences
+from crossrank.reranker.distill import label_groups
+from crossrank.reranker.training import TrainGroup
+
+TEXT = (
+    "flow over a wing . the lift of a thin wing in a slipstream was measured at several "
+    "angles of attack . results agree with linear theory up to ten degrees . a short note."
+)
+
+
+def test_sentences_split_after_terminal_punctuation() -> None:
+    assert sentences("a b. c d? e!  f 0.5 g") == ["a b.", "c d?", "e!", "f 0.5 g"]
+
+
+def test_title_pseudo_query_is_removed_from_the_positive() -> None:
+    ((_, query, positive),) = pseudo_queries("Flow over a wing", TEXT, ["title"], random.Random(0))
+    assert query == "Flow over a wing"
+    assert "flow over a wing" not in positive.lower() and "slipstream" in positive
+
+
+def test_missing_title_falls_back_to_the_first_sentence() -> None:
+    ((_, query, positive),) = pseudo_queries("", TEXT, ["title"], random.Random(0))
+    assert query == "flow over a wing ."
+    assert positive.startswith("the lift")
+
+
+def test_sentence_pseudo_query_keeps_the_title_in_the_positive() -> None:
+    ((kind, query, positive),) = pseudo_queries("Wing lift", TEXT, ["sentence"], random.Random(0))
+    assert kind == "sentence"
+    assert query in sentences(TEXT)[1:] and 5 <= len(query.split()) <= 32
+    assert positive.startswith("Wing lift\n") and query not in positive
+
+
+def test_unknown_kind_is_an_error() -> None:
+    with pytest.raises(ValueError, match="unknown pseudo-query kind"):
+        pseudo_queries("a title", TEXT, ["keyphrase"], random.Random(0))
+
+
+def test_defaults_self_supervised_distill() -> None:
+    args = parser().parse_args(
+        ["--engine-url", "u", "--index", "i", "--base", "b", "--output", "o"]
+    )
+    assert (args.loss, args.head_init, args.kinds) == (None, None, "title,sentence")
+    assert (args.candidates, args.negatives, args.max_length) == (30, 7, 128)
+
+
+def test_teacher_is_the_base_cosine(tiny_model_dir: Path) -> None:
+    groups = [TrainGroup("heat transfer", "heat transfer", ("shock waves", "heat transfer"))]
+    (labelled,) = label_groups(groups, str(tiny_model_dir), device="cpu", progress=False)
+    assert labelled.teacher is not None and len(labelled.teacher) == 3
+    # identical texts embed identically: cosine 1, and the same text scores the same
+    assert labelled.teacher[0] == pytest.approx(1.0, abs=1e-5)
+    assert labelled.teacher[2] == pytest.approx(labelled.teacher[0])
+    assert labelled.teacher[1] < 1.0 - 1e-4
