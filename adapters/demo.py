@@ -221,14 +221,16 @@ class TrainPlan:
         """What identifies the trained model: the corpus (ids and titles), the base weights,
         the index, the training options and ``crossrank train``'s defaults (the recipe)."""
         from .train import parser as train_parser
+        from .train import settings_for
 
-        recipe = vars(train_parser().parse_args(self.argv("-", "-", Path("-"))))
+        args = train_parser().parse_args(self.argv("-", "-", Path("-")))
         payload = {
             "corpus": [[str(i), doc["title"]] for i, doc in enumerate(docs)],
             "base": _base_id(),
             "index": INDEX,
             **asdict(self),
-            "recipe": {k: str(v) for k, v in recipe.items()},
+            "options": {k: str(v) for k, v in vars(args).items()},
+            "recipe": settings_for(args).model_dump(mode="json"),
         }
         blob = json.dumps(payload, sort_keys=True).encode()
         return hashlib.sha256(blob).hexdigest()[:12]

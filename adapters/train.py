@@ -24,9 +24,9 @@ import random
 import re
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, get_args
 
 from crossrank.reranker.training import TrainGroup, TrainSettings, train
 
@@ -41,6 +41,7 @@ __all__ = [
     "pseudo_queries",
     "self_supervised_groups",
     "sentences",
+    "settings_for",
 ]
 
 
@@ -228,6 +229,38 @@ def judged_groups(
     return groups
 
 
+#: ``TrainSettings`` fields that are options of their own; their defaults are the settings'.
+SETTING_OPTIONS: dict[str, tuple[Callable[[str], Any], str]] = {
+    "steps": (int, "optimizer steps"),
+    "batch_groups": (int, "groups per step"),
+    "negatives": (int, "negatives per group and step"),
+    "max_length": (int, "tokens per pair"),
+    "learning_rate": (float, "body learning rate"),
+    "head_learning_rate": (float, "classification-head learning rate"),
+    "temperature": (float, "teacher softmax temperature"),
+    "hard_weight": (float, "weight of the hard label in the distill target"),
+    "device": (str, "auto, cpu, cuda, ..."),
+    "dtype": (str, "auto, float32 or bfloat16"),
+    "seed": (int, "random seed"),
+    "checkpoint_every": (int, "steps between checkpoints"),
+}
+
+
+def settings_for(args: argparse.Namespace) -> TrainSettings:
+    """The training settings of a parsed command line: the options given, the loss and head
+    that fit the mode (distill and a fitted head when self-supervised), defaults for the rest."""
+    loss = args.loss or ("listwise" if args.qrels else "distill")
+    given = {name: getattr(args, name) for name in SETTING_OPTIONS}
+    return TrainSettings(
+        base=args.base,
+        output=args.output,
+        loss=loss,
+        head_init=args.head_init or ("fit" if loss == "distill" else "random"),
+        resume=not args.no_resume,
+        **{name: value for name, value in given.items() if value is not None},
+    )
+
+
 def parser() -> argparse.ArgumentParser:
     """The ``crossrank train`` command line."""
     p = argparse.ArgumentParser(
@@ -259,19 +292,16 @@ def parser() -> argparse.ArgumentParser:
         choices=["distill", "listwise", "bce"],
         help="default: distill (self-supervised), listwise (--qrels)",
     )
-    p.add_argument("--steps", type=int, default=1000)
-    p.add_argument("--batch-groups", type=int, default=4)
-    p.add_argument("--negatives", type=int, default=7, help="negatives per group and step")
-    p.add_argument("--max-length", type=int, default=128)
-    p.add_argument("--learning-rate", type=float, default=1e-4)
+    for name, (kind, help_text) in SETTING_OPTIONS.items():
+        field = TrainSettings.model_fields[name]
+        p.add_argument(
+            f"--{name.replace('_', '-')}",
+            type=kind,
+            choices=get_args(field.annotation) or None,  # a Literal's values
+            help=f"{help_text} ({field.default})",
+        )
     p.add_argument("--head-init", choices=["fit", "random"], help="default: fit with distill")
-    p.add_argument("--temperature", type=float, default=0.05, help="teacher softmax temperature")
-    p.add_argument("--hard-weight", type=float, default=0.2, help="weight of the hard label")
     p.add_argument("--teacher-max-length", type=int, default=128)
-    p.add_argument("--device", default="auto")
-    p.add_argument("--dtype", choices=["auto", "float32", "bfloat16"], default="auto")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--checkpoint-every", type=int, default=200)
     p.add_argument("--no-resume", action="store_true")
     return p
 
@@ -279,9 +309,9 @@ def parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``crossrank train``."""
     args = parser().parse_args(argv)
-    loss = args.loss or ("listwise" if args.qrels else "distill")
-    skip_top = args.skip_top if args.skip_top is not None else (0 if loss == "distill" else 3)
-    limit = args.limit or args.steps * args.batch_groups
+    settings = settings_for(args)
+    distill = settings.loss == "distill"
+    skip_top = args.skip_top if args.skip_top is not None else (0 if distill else 3)
     client = client_for(args.engine_url)
     started = time.perf_counter()
     if args.qrels:
@@ -293,7 +323,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             fields=(args.query_field, args.doc_field),
             negatives=args.candidates,
             skip_top=0,
-            seed=args.seed,
+            seed=settings.seed,
         )
     else:
         groups = self_supervised_groups(
@@ -303,8 +333,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             doc_field=args.doc_field,
             negatives=args.candidates,
             skip_top=skip_top,
-            limit=limit,
-            seed=args.seed,
+            limit=args.limit or settings.steps * settings.batch_groups,
+            seed=settings.seed,
             kinds=[k.strip() for k in args.kinds.split(",") if k.strip()],
             depth=args.depth,
         )
@@ -316,31 +346,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         f" e.g. query {groups[0].query!r}",
         flush=True,
     )
-    if loss == "distill":
+    if distill:
         from crossrank.reranker.distill import label_groups
 
         print(f"teacher scores from {args.base} (its own similarity) ...", flush=True)
         groups = label_groups(
-            groups, args.base, max_length=args.teacher_max_length, device=args.device
+            groups, args.base, max_length=args.teacher_max_length, device=settings.device
         )
-    settings = TrainSettings(
-        base=args.base,
-        output=args.output,
-        loss=loss,
-        steps=args.steps,
-        batch_groups=args.batch_groups,
-        negatives=args.negatives,
-        max_length=args.max_length,
-        learning_rate=args.learning_rate,
-        temperature=args.temperature,
-        hard_weight=args.hard_weight,
-        head_init=args.head_init or ("fit" if loss == "distill" else "random"),
-        device=args.device,
-        dtype=args.dtype,
-        seed=args.seed,
-        checkpoint_every=args.checkpoint_every,
-        resume=not args.no_resume,
-    )
     out = train(groups, settings)
     print(f"saved {out}")
     return 0

@@ -41,11 +41,11 @@ WINDOW = 100
 BOTH = ("title", "sentence")
 _BASE: dict[str, Any] = {"head_init": "fit", "max_length": 128, "negatives": 7, "batch_groups": 4}
 RECIPES: dict[str, tuple[dict[str, Any], tuple[str, ...]]] = {
-    "fit": (_BASE, BOTH),
-    "random": ({**_BASE, "head_init": "random"}, BOTH),
+    "fit": ({**_BASE, "learning_rate": 3e-5}, BOTH),
+    "random": ({**_BASE, "learning_rate": 3e-5, "head_init": "random"}, BOTH),
     "fit-lr1e-4": ({**_BASE, "learning_rate": 1e-4}, BOTH),
-    "fit-soft": ({**_BASE, "hard_weight": 0.0}, BOTH),
-    "fit-title": (_BASE, ("title",)),
+    "fit-soft": ({**_BASE, "learning_rate": 3e-5, "hard_weight": 0.0}, BOTH),
+    "fit-title": ({**_BASE, "learning_rate": 3e-5}, ("title",)),
     # ``crossrank train``'s defaults (= fit-lr1e-4), other seeds
     "default-seed1": ({**_BASE, "learning_rate": 1e-4, "seed": 1}, BOTH),
     "default-seed2": ({**_BASE, "learning_rate": 1e-4, "seed": 2}, BOTH),

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from crossrank.adapters.train import parser, pseudo_queries, sentences
+from crossrank.adapters.train import parser, pseudo_queries, sentences, settings_for
 from crossrank.reranker.distill import label_groups
 from crossrank.reranker.training import TrainGroup
 
@@ -45,12 +45,17 @@ def test_unknown_kind_is_an_error() -> None:
         pseudo_queries("a title", TEXT, ["keyphrase"], random.Random(0))
 
 
-def test_defaults_self_supervised_distill() -> None:
-    args = parser().parse_args(
-        ["--engine-url", "u", "--index", "i", "--base", "b", "--output", "o"]
-    )
-    assert (args.loss, args.head_init, args.kinds) == (None, None, "title,sentence")
-    assert (args.candidates, args.negatives, args.max_length) == (30, 7, 128)
+def test_settings_follow_the_mode_and_the_training_defaults() -> None:
+    required = ["--engine-url", "u", "--index", "i", "--base", "b", "--output", "o"]
+    args = parser().parse_args(required)
+    assert (args.kinds, args.candidates) == ("title,sentence", 30)
+    own = settings_for(args)  # self-supervised: distillation, fitted head, the defaults
+    assert (own.loss, own.head_init) == ("distill", "fit")
+    assert (own.steps, own.max_length, own.learning_rate) == (1000, 128, 1e-4)
+    judged = settings_for(parser().parse_args([*required, "--qrels", "q", "--steps", "9"]))
+    assert (judged.loss, judged.head_init, judged.steps) == ("listwise", "random", 9)
+    with pytest.raises(SystemExit):  # a Literal setting keeps its choices on the command line
+        parser().parse_args([*required, "--dtype", "float16"])
 
 
 def test_teacher_is_the_base_cosine(tiny_model_dir: Path) -> None:
