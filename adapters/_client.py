@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Sequence
 from typing import Any, TypeAlias
 
 from crossrank.reranker.config import RerankConfig
+from crossrank.reranker.loading import ScorerLoader
 from crossrank.reranker.scoring import Scorer, ScoreRequest, ScoreResult, make_scorer
 
 from ._flow import PASSTHROUGH, EngineCall, Flow, msearch_flow, run_async, run_sync, search_flow
@@ -25,23 +25,25 @@ RerankOption: TypeAlias = bool | dict[str, Any] | RerankConfig | None
 
 
 class RerankState:
-    """A client's default :class:`RerankConfig` and its (lazily loaded) scorer."""
+    """A client's default :class:`RerankConfig` and its scorer, given or loaded on first use.
+
+    A search waits for the loading model at most ``config.load_timeout`` seconds, then
+    answers in engine order (flagged) while the load goes on; a failed load is remembered
+    and retried after a back-off (:class:`~crossrank.reranker.loading.ScorerLoader`).
+    """
 
     def __init__(self, config: RerankConfig | dict[str, Any] | None, scorer: Scorer | None) -> None:
         if isinstance(config, dict):
             config = RerankConfig.model_validate(config)
-        self.config: RerankConfig = config or RerankConfig()
-        self._scorer = scorer
-        self._lock = threading.Lock()
+        cfg: RerankConfig = config or RerankConfig()
+        self.config = cfg
+        self._given = scorer
+        self.loader = ScorerLoader(lambda: make_scorer(cfg), name=cfg.model)
 
     @property
     def scorer(self) -> Scorer:
-        """The scorer; made from the config on first use when none was given."""
-        if self._scorer is None:
-            with self._lock:
-                if self._scorer is None:
-                    self._scorer = make_scorer(self.config)
-        return self._scorer
+        """The scorer (waits for the load; raises ``ModelLoadError`` when it failed)."""
+        return self._given or self.loader.get(None)
 
     @property
     def name(self) -> str:
@@ -49,13 +51,15 @@ class RerankState:
         return name
 
     def score(self, requests: Sequence[ScoreRequest]) -> list[ScoreResult]:
-        """Score with the scorer, made on first use: passthrough calls never load a model."""
-        results: list[ScoreResult] = self.scorer.score(requests)
+        """Score with the scorer, loaded on first use: passthrough calls never load a model."""
+        scorer = self._given or self.loader.get(self.config.load_timeout)
+        results: list[ScoreResult] = scorer.score(requests)
         return results
 
     async def ascore(self, requests: Sequence[ScoreRequest]) -> list[ScoreResult]:
-        """Async :meth:`score`."""
-        results: list[ScoreResult] = await self.scorer.ascore(requests)
+        """Async :meth:`score` (waiting for a load does not block the event loop)."""
+        scorer = self._given or await self.loader.aget(self.config.load_timeout)
+        results: list[ScoreResult] = await scorer.ascore(requests)
         return results
 
     def config_for(self, option: RerankOption) -> RerankConfig:

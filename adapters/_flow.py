@@ -8,14 +8,21 @@ supply the two I/O callables.
 
 from __future__ import annotations
 
-import json
+import logging
 import time
 from collections.abc import Awaitable, Callable, Generator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from crossrank.reranker.config import RerankConfig
-from crossrank.reranker.errors import QueryTextError, RerankOptionsError, ScorerError
+from crossrank.reranker.errors import (
+    MalformedInputError,
+    QueryTextError,
+    RerankOptionsError,
+    ScorerError,
+    public_reason,
+)
+from crossrank.reranker.jsonio import MAX_DEPTH, loads
 from crossrank.reranker.scoring import Scorer, ScoreRequest, ScoreResult
 
 from ._search import SearchPlan, error_item, fallback_response, finish_search, plan_search
@@ -56,12 +63,18 @@ class _Passthrough:
 #: Returned by a flow when the engine's response must be returned exactly as it came.
 PASSTHROUGH = _Passthrough()
 
+log = logging.getLogger("crossrank.rerank")
+
 Call = EngineCall | ScoreCall
 Flow = Generator[Call, Any, Any]
 
 
 def _score(config: RerankConfig, requests: Sequence[ScoreRequest]) -> Generator[Call, Any, Any]:
-    """Yield a ScoreCall; return (results or the error text, elapsed ms)."""
+    """Yield a ScoreCall; return (results or the public error text, elapsed ms).
+
+    The full error goes to the log; the response only says what kind of failure it was
+    (:func:`public_reason`: no scorer URLs or model paths reach search clients).
+    """
     start = time.perf_counter()
     try:
         results: list[ScoreResult] = yield ScoreCall(requests)
@@ -70,7 +83,8 @@ def _score(config: RerankConfig, requests: Sequence[ScoreRequest]) -> Generator[
             if isinstance(exc, ScorerError):
                 raise
             raise ScorerError(f"scoring failed: {exc}") from exc
-        return f"{type(exc).__name__}: {exc}", (time.perf_counter() - start) * 1000
+        log.warning("scoring failed, answering in engine order: %s: %s", type(exc).__name__, exc)
+        return public_reason(exc), (time.perf_counter() - start) * 1000
     return results, (time.perf_counter() - start) * 1000
 
 
@@ -90,13 +104,39 @@ def search_flow(
     return finish_search(plan, response, results[0], ms)
 
 
-def parse_msearch(body: Any) -> list[dict[str, Any]]:
-    """Header/body lines of an ``_msearch`` body given as a list, NDJSON text or bytes."""
-    if isinstance(body, (bytes, bytearray)):
-        body = body.decode()
-    if isinstance(body, str):
-        return [json.loads(line) for line in body.splitlines() if line.strip()]
-    return [dict(item) if isinstance(item, Mapping) else item for item in body]
+def parse_msearch(body: Any, *, max_depth: int = MAX_DEPTH) -> list[dict[str, Any]]:
+    """Header/body lines of an ``_msearch`` body given as a list, NDJSON text or bytes.
+
+    Checked as the engines check it: header/body pairs of JSON objects; malformed input
+    raises :class:`MalformedInputError` (400).
+    """
+    if isinstance(body, (bytes, bytearray, str)):
+        data = bytes(body) if not isinstance(body, str) else body.encode("utf-8", "surrogatepass")
+        lines = [
+            loads(line, max_depth=max_depth, what=f"_msearch line {n}")
+            for n, line in enumerate(data.split(b"\n"), 1)
+            if line.strip()
+        ]
+    else:
+        lines = [dict(item) if isinstance(item, Mapping) else item for item in body]
+    if len(lines) % 2:
+        raise MalformedInputError("_msearch body must be header/body line pairs")
+    for n, line in enumerate(lines, 1):
+        if not isinstance(line, dict):
+            raise MalformedInputError(f"_msearch line {n} must be a JSON object")
+    return lines
+
+
+def _responses(response: Any, sent: int) -> list[Any]:
+    """The engine's per-item responses; items it did not answer get an error of their own."""
+    items = response.get("responses") if isinstance(response, Mapping) else None
+    items = list(items) if isinstance(items, list) else []
+    missing = error_item(
+        500,
+        "illegal_state_exception",
+        f"the engine answered {len(items)} of {sent} searches; no response for this one",
+    )
+    return [*items[:sent], *([missing] * (sent - len(items)))]
 
 
 def msearch_flow(
@@ -112,8 +152,6 @@ def msearch_flow(
     that item answers with; ``config`` still decides ``on_scorer_error``.
     """
     lines = parse_msearch(body)
-    if len(lines) % 2:
-        raise RerankOptionsError("msearch body must be header/body pairs")
     if item_configs is not None and len(item_configs) != len(lines) // 2:
         raise ValueError("item_configs needs one entry per msearch item")
     plans: list[SearchPlan | dict[str, Any]] = []
@@ -127,28 +165,26 @@ def msearch_flow(
         except (QueryTextError, RerankOptionsError) as exc:
             plan = error_item(400, "illegal_argument_exception", str(exc))
         plans.append(plan)
-        sent = plan.body if isinstance(plan, SearchPlan) else item
-        out_lines += [header, sent]
-    if not any(isinstance(p, SearchPlan) and p.rerank for p in plans):
-        if all(isinstance(p, SearchPlan) for p in plans):
-            yield EngineCall(body, original=True)
-            return PASSTHROUGH
-    response = yield EngineCall(out_lines)
-    items = list(response.get("responses", []))
+        if isinstance(plan, SearchPlan):  # an item in error is answered here, never sent
+            out_lines += [header, plan.body]
+    if all(isinstance(p, SearchPlan) and not p.rerank for p in plans):
+        yield EngineCall(body, original=True)
+        return PASSTHROUGH
+    sent = len(out_lines) // 2
+    response: Any = (yield EngineCall(out_lines)) if sent else {"took": 0, "responses": []}
+    answers = iter(_responses(response, sent))
+    items = [plan if isinstance(plan, dict) else next(answers) for plan in plans]
     scored: list[tuple[int, SearchPlan, ScoreRequest]] = []
     for i, plan in enumerate(plans):
-        if isinstance(plan, dict):
-            items[i] = plan
-        elif plan.rerank and "error" not in items[i]:
+        if isinstance(plan, SearchPlan) and plan.rerank and "error" not in items[i]:
             scored.append((i, plan, plan.score_request(items[i])))
     if scored:
         results, ms = yield from _score(config, [req for _, _, req in scored])
         for k, (i, plan, _) in enumerate(scored):
+            status = items[i].get("status")
             if isinstance(results, str):
-                status = items[i].get("status")
                 items[i] = fallback_response(plan, items[i], results)
             else:
-                status = items[i].get("status")
                 items[i] = finish_search(plan, items[i], results[k], ms)
             if status is not None:
                 items[i]["status"] = status

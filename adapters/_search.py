@@ -10,37 +10,54 @@ are and their responses returned untouched.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from crossrank.reranker.config import RerankConfig
+from crossrank.reranker.errors import RerankOptionsError
 from crossrank.reranker.inputs import document_text, query_text_for
 from crossrank.reranker.scoring import ScoreRequest, ScoreResult
 
 from ._source import SOURCE_PARAMS, SourceFilter, parse_source
 
 __all__ = [
+    "DEFAULT_SIZE",
     "RERANK_KEY",
     "SearchPlan",
+    "count_param",
     "error_item",
     "fallback_response",
     "finish_search",
+    "page_of",
     "plan_search",
 ]
 
 #: Key added to the response (summary) and to each reranked hit (engine score and rank).
 RERANK_KEY = "_rerank"
-_DEFAULT_SIZE = 10
+#: The engines' default page size.
+DEFAULT_SIZE = 10
+_DIGITS = re.compile(r"[+-]?\d{1,18}")
 
 
-def _as_int(value: Any, name: str) -> int:
-    try:
-        return int(value)
-    except (TypeError, ValueError):
-        from crossrank.reranker.errors import RerankOptionsError
+def count_param(value: Any, name: str) -> int:
+    """A ``size``/``from`` value as the engines read it: a non-negative integer, or its
+    decimal string (URL parameters); anything else raises RerankOptionsError (400)."""
+    if isinstance(value, str) and _DIGITS.fullmatch(value.strip()):
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise RerankOptionsError(f"[{name}] must be an integer, found [{str(value)[:50]}]")
+    if value < 0:
+        raise RerankOptionsError(f"[{name}] parameter cannot be negative, found [{value}]")
+    return value
 
-        raise RerankOptionsError(f"[{name}] must be an integer, got [{value}]") from None
+
+def page_of(body: Mapping[str, Any], params: Mapping[str, Any]) -> tuple[int, int]:
+    """The caller's ``(from, size)``: URL parameters win over the body, as in the engines."""
+    offset = count_param(params.get("from", body.get("from", 0)), "from")
+    size = count_param(params.get("size", body.get("size", DEFAULT_SIZE)), "size")
+    return offset, size
 
 
 def _is_score_sort(sort: Any) -> bool:
@@ -88,7 +105,7 @@ class SearchPlan:
     passthrough: str | None = None
     query_text: str = ""
     offset: int = 0
-    size: int = _DEFAULT_SIZE
+    size: int = DEFAULT_SIZE
     missing_fields: int = field(default=0)
     #: The caller's ``_source`` filtering, applied to the page when scoring needed more.
     source_filter: SourceFilter | None = None
@@ -126,8 +143,10 @@ def plan_search(
     body = dict(body or {})
     if not config.enabled:
         return SearchPlan(config, body, passthrough="disabled")
-    size = _as_int(params.get("size", body.get("size", _DEFAULT_SIZE)), "size")
-    offset = _as_int(params.get("from", body.get("from", 0)), "from")
+    try:
+        offset, size = page_of(body, params)
+    except RerankOptionsError:  # the engine answers it with its own error
+        return SearchPlan(config, body, passthrough="invalid_page")
     reason = _passthrough_reason(body, params, size)
     if reason is None and offset >= config.window:
         reason = "beyond_window"

@@ -38,9 +38,13 @@ def fresh_docs(n: int, tag: str, words: int = 120) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def service(tiny_model_dir: Path) -> Iterator[ScorerProcess]:
+def service(
+    tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[ScorerProcess]:
+    key_file = tmp_path_factory.mktemp("secrets") / "api-key"
+    key_file.write_text(f"{KEY}\n")  # a file, so the key stays out of `ps`
     args = ["--model", f"tiny={tiny_model_dir}", "--model", f"twin={tiny_model_dir}"]
-    args += ["--dtype", "float32", "--api-key", KEY, "--max-queue-pairs", "200"]
+    args += ["--dtype", "float32", "--api-key-file", str(key_file), "--max-queue-pairs", "200"]
     args += ["--max-documents", "1000", "--batch-tokens", "2048", "--max-wait-ms", "20"]
     args += ["--max-body-bytes", "2000000"]
     proc = ScorerProcess(args).start()
@@ -126,7 +130,9 @@ async def test_client_disconnect_drops_its_work(service: ScorerProcess) -> None:
     assert httpx.get(service.url + "/health").status_code == 200
 
 
-def test_bad_inputs_are_errors_and_the_service_stays_up(service: ScorerProcess) -> None:
+def test_bad_inputs_are_errors_and_the_service_stays_up(
+    service: ScorerProcess, tiny_model_dir: Path
+) -> None:
     with httpx.Client(base_url=service.url, headers=AUTH) as c:
         cases = [
             (c.post("/rerank", content=b"{oops"), 400, "JSON"),
@@ -141,6 +147,9 @@ def test_bad_inputs_are_errors_and_the_service_stays_up(service: ScorerProcess) 
                 "max_documents",
             ),
             (c.post("/rerank", content=b"x" * 2_100_000), 413, "max_body_bytes"),
+            (c.post("/rerank", content=b'{"query": "\\ud800", "texts": ["a"]}'), 400, "Unicode"),
+            (c.post("/rerank", content=b"[" * 100_000), 400, "nesting depth"),
+            (c.post("/rerank", json={"query": "q" * 9000, "texts": ["a"]}), 400, "max_query_chars"),
             (
                 c.post(
                     "/rerank", json={"query": "q", "texts": ["a"]}, headers={"Authorization": "x"}
@@ -155,9 +164,11 @@ def test_bad_inputs_are_errors_and_the_service_stays_up(service: ScorerProcess) 
                 response.json()["status"] == status and words in response.json()["error"]["reason"]
             )
         assert c.post("/rerank", json={"query": "q", "texts": ["a"]}).status_code == 200
-        info = c.get("/info").json()
-        assert [m["name"] for m in info["models"]] == ["tiny", "twin"]
-        assert info["limits"]["max_documents"] == 1000
+        info = c.get("/info")
+        assert [m["name"] for m in info.json()["models"]] == ["tiny", "twin"]
+        assert info.json()["limits"]["max_documents"] == 1000
+        assert str(tiny_model_dir) not in info.text  # served names only, no paths
+    assert service.proc is not None and KEY not in " ".join(map(str, service.proc.args))
     scorer = remote(service, model="nope")
     with pytest.raises(ScorerError, match="unknown model"):
         scorer.score([ScoreRequest("q", ["a"])])

@@ -18,12 +18,15 @@ SCORER_FIELDS = frozenset(
         "dtype",
         "sigmoid",
         "max_query_tokens",
+        "max_query_chars",
         "max_length",
         "long_documents",
         "passage_overlap",
         "max_passages",
         "batch_tokens",
         "cache_size",
+        "cache_bytes",
+        "load_timeout",
         "scorer_urls",
         "scorer_format",
         "scorer_api_key",
@@ -72,15 +75,20 @@ class RerankConfig(BaseModel):
     source: Literal["_source", "fields", "highlight"] = "_source"
     field_separator: str = "\n"
     query_text: str | None = None
-    # truncation
+    # truncation; a query text longer than ``max_query_chars`` is refused (400), not cut
     max_query_tokens: int = Field(64, ge=1)
+    max_query_chars: int = Field(8192, ge=1)
     max_length: int | None = Field(None, ge=8)
     long_documents: Literal["truncate", "passages"] = "truncate"
     passage_overlap: int = Field(32, ge=0)
     max_passages: int = Field(8, ge=1)
-    # batching and caching
+    # batching and caching (the document token cache is bounded in entries and in bytes)
     batch_tokens: int = Field(16384, ge=64)
     cache_size: int = Field(50_000, ge=0)
+    cache_bytes: int = Field(256 * 1024 * 1024, ge=0)
+    # seconds a search waits for the model to load; the load goes on in the background,
+    # the search answers in engine order (flagged), a failed load is retried after a back-off
+    load_timeout: float = Field(10.0, ge=0)
     # window and output
     window: int = Field(100, ge=1, le=10_000)
     min_score: float | None = None

@@ -12,6 +12,7 @@ from typing import Any
 
 from .config import RerankConfig
 from .errors import QueryTextError
+from .jsonio import scrub
 
 __all__ = ["DocumentText", "document_text", "extract_query_text", "query_text_for"]
 
@@ -91,7 +92,7 @@ def document_text(hit: Mapping[str, Any], config: RerankConfig) -> DocumentText:
     else:
         parts = [lookup(field) for field in config.fields]
         text = config.field_separator.join(p for p in parts if p)
-    return DocumentText(text, missing)
+    return DocumentText(scrub(text), missing)
 
 
 def _texts_in(query: Any) -> Iterator[str]:
@@ -122,15 +123,26 @@ def _texts_in(query: Any) -> Iterator[str]:
                 yield from _texts_in(item)
 
 
-def extract_query_text(query: Any) -> str | None:
+def _check_length(length: int, limit: int | None) -> None:
+    if limit is not None and length > limit:
+        raise QueryTextError(
+            f"the query text is {length} characters long, more than the limit of [{limit}] "
+            "(max_query_chars)"
+        )
+
+
+def extract_query_text(query: Any, max_chars: int | None = None) -> str | None:
     """Find the user's text in a query DSL object; ``None`` when there is none.
 
     Reads match, match_phrase(_prefix), match_bool_prefix, multi_match, combined_fields,
     query_string, simple_query_string, and these inside bool (must/should), dis_max,
-    boosting (positive), function_score, script_score and nested.
+    boosting (positive), function_score, script_score and nested. Texts longer than
+    ``max_chars`` in all raise :class:`QueryTextError` before any work is done on them.
     """
+    texts = list(_texts_in(query))
+    _check_length(sum(len(t) for t in texts), max_chars)
     seen: list[str] = []
-    for text in _texts_in(query):
+    for text in texts:
         text = " ".join(text.split())
         if text and text not in seen:
             seen.append(text)
@@ -138,18 +150,25 @@ def extract_query_text(query: Any) -> str | None:
 
 
 def query_text_for(body: Mapping[str, Any], q: str | None, config: RerankConfig) -> str:
-    """The query text for a search: explicit option, then ``q=``, then the query DSL."""
+    """The query text for a search: explicit option, then ``q=``, then the query DSL.
+
+    Longer than ``config.max_query_chars``: :class:`QueryTextError` (the proxy's 400).
+    Lone surrogates (valid JSON escapes, not encodable text) become U+FFFD.
+    """
+    limit = config.max_query_chars
     if config.query_text:
-        return config.query_text
+        _check_length(len(config.query_text), limit)
+        return scrub(config.query_text)
     if q:
+        _check_length(len(q), limit)
         text = " ".join(_FIELD_PREFIX.sub("", q).split())
         if text:
-            return text
-    found = extract_query_text(body.get("query"))
+            return scrub(text)
+    found = extract_query_text(body.get("query"), limit)
     if found is None:
         raise QueryTextError(
             "no query text found to rerank with: the query has no match, multi_match, "
             "match_phrase, query_string, simple_query_string or combined_fields clause "
             "(alone or inside bool must/should); pass the text as rerank query_text"
         )
-    return found
+    return scrub(found)

@@ -413,6 +413,39 @@ class RemoteScorer:
         results = await asyncio.gather(*(self._arun(flow) for _, flow in flows))
         return self._assemble(requests, [(c, r) for (c, _), r in zip(flows, results)])
 
+    async def acheck(self) -> None:
+        """Raise :class:`ScorerError` unless every scorer URL answers and serves the model.
+
+        ``crossrank`` format: ``GET /info`` must list the configured model (when one is
+        named); ``tei``: ``GET /health`` must answer 200; ``cohere``/``jina``: not checked.
+        """
+        fmt = self.config.scorer_format
+        if fmt not in ("crossrank", "tei"):
+            return
+        client = self._async_client()
+        for url in self.balancer.urls:
+            path = "/info" if fmt == "crossrank" else "/health"
+            try:
+                r = await client.get(url + path, timeout=self._timeout(self._check_timeout))
+            except httpx.HTTPError as exc:
+                raise ScorerError(f"{url}{path}: {type(exc).__name__}: {exc}") from exc
+            if r.status_code != 200:
+                raise ScorerError(f"{url}{path}: HTTP {r.status_code}")
+            if fmt == "crossrank" and "model" in self.config.model_fields_set:
+                try:
+                    served = {str(m["name"]) for m in r.json()["models"]}
+                except (ValueError, KeyError, TypeError) as exc:
+                    raise ScorerError(f"{url}/info: unreadable answer") from exc
+                if self.config.model not in served:
+                    raise ScorerError(
+                        f"{url} does not serve model {self.config.model!r} "
+                        f"(it serves {sorted(served)}): every search would fall back"
+                    )
+
+    @property
+    def _check_timeout(self) -> float:
+        return min(self.config.scorer_timeout, 2 * self.config.scorer_connect_timeout)
+
     def close(self) -> None:
         """Close the sync connection pool."""
         if self._client is not None:

@@ -71,6 +71,15 @@ def test_ports_and_urls_line_up(name: str) -> None:
             assert url.hostname in service.get("depends_on", {})
 
 
+def test_secrets_stay_out_of_command_lines() -> None:
+    """Keys reach the containers through the environment: a flag would show in ``ps``."""
+    for name, service in CROSSRANK.items():
+        command = " ".join(service["command"])
+        assert "KEY" not in command and "TOKEN" not in command, name
+        if service["command"][0] == "serve":
+            assert "CROSSRANK_API_KEY" in service.get("environment", {}), name
+
+
 def test_images_are_the_tested_engine_versions() -> None:
     makefile = (ROOT / "Makefile").read_text()
     tested = set(re.findall(r"(elasticsearch|opensearch):(\d+\.\d+\.\d+)", makefile))

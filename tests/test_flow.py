@@ -86,7 +86,7 @@ def test_no_query_text_raises_before_engine_call() -> None:
 def test_scorer_failure_falls_back_to_engine_order_flagged() -> None:
     out = run_sync(search_flow({**Q, "size": 2, "from": 1}, {}, CFG), Engine(), FailingScorer())
     assert [h["_id"] for h in out["hits"]["hits"]] == ["1", "2"]
-    assert out["_rerank"]["fallback"] is True and "unreachable" in out["_rerank"]["error"]
+    assert out["_rerank"] == {"fallback": True, "error": "the scorer failed", "window": CFG.window}
 
 
 def test_scorer_failure_raises_when_configured() -> None:
@@ -127,9 +127,11 @@ def test_wrapper_loads_no_model_for_passthrough_calls() -> None:
     state = RerankState({"model": "/nonexistent/model", "fields": ["text"]}, None)
     engine = Engine()
     assert run_sync(search_flow({**Q, "size": 0}, {}, state.config), engine, state) is PASSTHROUGH
-    assert state._scorer is None
+    assert state.loader.state == "idle"
     out = run_sync(search_flow(Q, {}, state.config), engine, state)
-    assert out["_rerank"]["fallback"] and "cannot load" in out["_rerank"]["error"]
+    assert out["_rerank"]["fallback"]
+    assert out["_rerank"]["error"] == "the reranking model is not available"
+    assert state.loader.state == "failed"
     strict = state.config.model_copy(update={"on_scorer_error": "raise"})
     with pytest.raises(ModelLoadError):
         run_sync(search_flow(Q, {}, strict), engine, state)

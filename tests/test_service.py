@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import math
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -13,9 +14,10 @@ import numpy as np
 import pytest
 
 from crossrank.reranker import LocalScorer, RerankConfig, ScoreRequest
-from crossrank.reranker.errors import OverloadedError
+from crossrank.reranker.errors import ModelLoadError, OverloadedError
 from crossrank.reranker.service import ServeSettings, create_app, load_backends
-from crossrank.reranker.service.cli import parse_args
+from crossrank.reranker.service import app as app_module
+from crossrank.reranker.service.cli import main, parse_args
 from crossrank.reranker.service.protocol import sigmoid
 from crossrank.reranker.service.queue import PairQueue, Reply, Row, pack
 
@@ -150,12 +152,17 @@ async def test_api_key(tiny_model_dir: Path, backends: Any) -> None:
 
 
 async def test_non_finite_scores_are_a_500(
-    client: httpx.AsyncClient, backends: Any, monkeypatch: pytest.MonkeyPatch
+    client: httpx.AsyncClient,
+    backends: Any,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     backend = backends["tiny"]
     monkeypatch.setattr(backend, "forward", lambda batch: np.full(len(batch.input_ids), np.nan))
-    r = await client.post("/rerank", json={"query": "q", "texts": ["a", "b"]})
-    assert r.status_code == 500 and "non-finite" in r.json()["error"]["reason"]
+    with caplog.at_level(logging.ERROR):
+        r = await client.post("/rerank", json={"query": "q", "texts": ["a", "b"]})
+    assert r.status_code == 500 and r.json()["error"]["reason"] == "the scorer failed"
+    assert "non-finite" in caplog.text  # the operator's log has the whole story
     monkeypatch.undo()
     assert (await client.post("/rerank", json={"query": "q", "texts": ["a"]})).status_code == 200
 
@@ -171,6 +178,205 @@ async def test_concurrent_requests_share_forward_passes(client: httpx.AsyncClien
     text = (await client.get("/metrics")).text
     assert 'crossrank_requests_total{endpoint="/rerank",outcome="ok"}' in text
     assert "crossrank_stage_seconds_bucket" in text and 'stage="forward"' in text
+
+
+# ---------------------------------------------------------------------- hostile input
+
+#: the JSON escape of a lone surrogate: valid JSON, not valid Unicode text
+LONE = "heat \\ud800"
+
+
+def _error(r: httpx.Response, status: int, kind: str) -> str:
+    """The reason of an error response, after checking its one shape."""
+    assert r.status_code == status, r.text
+    data = r.json()
+    assert set(data) == {"error", "status"} and data["status"] == status
+    assert set(data["error"]) == {"type", "reason"} and data["error"]["type"] == kind
+    reason: str = data["error"]["reason"]
+    return reason
+
+
+@pytest.mark.parametrize(
+    ("path", "body"),
+    [
+        ("/rerank", f'{{"requests": [{{"query": "{LONE}", "documents": ["a"]}}]}}'),
+        ("/rerank", f'{{"requests": [{{"query": "q", "documents": ["a", "{LONE}"]}}]}}'),
+        ("/rerank", f'{{"query": "{LONE}", "texts": ["a"]}}'),
+        ("/rerank", f'{{"query": "q", "texts": ["{LONE}"], "return_text": true}}'),
+        ("/v1/rerank", f'{{"query": "{LONE}", "documents": ["a"]}}'),
+        ("/v2/rerank", f'{{"query": "q", "documents": ["a", "{LONE}"]}}'),
+        ("/v2/rerank", f'{{"query": "q", "documents": [{{"text": "{LONE}"}}]}}'),
+        ("/v2/rerank", f'{{"query": "q", "documents": ["a"], "model": "{LONE}"}}'),
+    ],
+)
+async def test_lone_surrogates_are_400(client: httpx.AsyncClient, path: str, body: str) -> None:
+    r = await client.post(path, content=body.encode(), headers={"content-type": "application/json"})
+    assert "not valid Unicode" in _error(r, 400, "invalid_request")
+    assert (await client.post("/rerank", json={"query": "q", "texts": ["a"]})).status_code == 200
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b'{"query": "heat \xff\xfe", "texts": ["a"]}',  # not UTF-8 at all
+        b'{"query": "q", "texts": ["\xed\xa0\x80"]}',  # UTF-8 of a surrogate
+        b'{"query": "q", "texts": ["\xc3"]}',  # truncated sequence
+    ],
+)
+async def test_invalid_utf8_bodies_are_400(client: httpx.AsyncClient, body: bytes) -> None:
+    _error(await client.post("/rerank", content=body), 400, "invalid_request")
+
+
+def _nested(depth: int) -> bytes:
+    return b'{"a": [' * depth + b"1" + b"]}" * depth
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b"[" * 100_000,
+        b"[" * 100_000 + b"]" * 100_000,
+        b"{" + b'"a":{' * 100_000,
+        _nested(250),  # 500 levels, arrays and objects
+        _nested(60),  # 120 levels: parses, but over the limit of 100
+    ],
+    ids=["open-arrays", "closed-arrays", "objects", "mixed-500", "mixed-120"],
+)
+async def test_deep_nesting_is_400(tiny_model_dir: Path, backends: Any, body: bytes) -> None:
+    app = create_app(settings(tiny_model_dir, max_body_bytes=1 << 20), backends)
+    async for c in open_client(app):
+        assert "nesting depth" in _error(
+            await c.post("/rerank", content=body), 400, "invalid_request"
+        )
+        assert (await c.post("/rerank", json={"query": "q", "texts": ["a"]})).status_code == 200
+
+
+async def test_queries_over_max_query_chars_are_400_before_tokenizing(
+    tiny_model_dir: Path, backends: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cli = parse_args(["--model", f"tiny={tiny_model_dir}", "--max-query-chars", "20"])
+    assert cli.rerank.max_query_chars == 20
+    calls: list[Any] = []
+    encode = backends["tiny"].encode
+    monkeypatch.setattr(backends["tiny"], "encode", lambda rs: calls.append(rs) or encode(rs))
+    long, fits = "q" * 21, "q" * 20
+    bodies = [
+        (
+            "/rerank",
+            {
+                "requests": [
+                    {"query": fits, "documents": ["a"]},
+                    {"query": long, "documents": ["a"]},
+                ]
+            },
+        ),
+        ("/rerank", {"query": long, "texts": ["a"]}),
+        ("/v1/rerank", {"query": long, "documents": ["a"]}),
+        ("/v2/rerank", {"query": long, "documents": [{"text": "a"}]}),
+    ]
+    async for c in open_client(create_app(cli, backends)):
+        for path, body in bodies:
+            reason = _error(await c.post(path, json=body), 400, "invalid_request")
+            assert "max_query_chars" in reason and "20" in reason and "21" in reason
+        assert not calls  # refused before tokenization
+        assert (await c.post("/rerank", json={"query": fits, "texts": ["a"]})).status_code == 200
+        assert (await c.get("/info")).json()["limits"]["max_query_chars"] == 20
+    default = RerankConfig().max_query_chars
+    assert parse_args(["--model", "m"]).rerank.max_query_chars == default == 8192
+    app = create_app(settings(tiny_model_dir, max_body_bytes=1 << 20), backends)
+    async for c in open_client(app):
+        r = await c.post("/rerank", json={"query": "q" * (default + 1), "texts": ["a"]})
+        assert "max_query_chars" in _error(r, 400, "invalid_request")
+
+
+async def test_info_and_errors_show_no_model_paths(
+    client: httpx.AsyncClient, tiny_model_dir: Path, backends: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    info = await client.get("/info")
+    assert str(tiny_model_dir) not in info.text and tiny_model_dir.name not in info.text
+    (model,) = info.json()["models"]
+    assert set(model) == {
+        "name",
+        "device",
+        "dtype",
+        "num_labels",
+        "max_length",
+        "max_query_tokens",
+        "long_documents",
+    }
+    assert model["name"] == "tiny"
+    replies = [
+        await client.post("/rerank", json={"model": "x", "query": "q", "texts": ["a"]}),
+        await client.post("/rerank", content=b"{oops"),
+        await client.get("/nowhere"),
+    ]
+    assert all(str(tiny_model_dir) not in r.text for r in replies)
+
+
+@pytest.mark.parametrize(
+    ("error", "reason"),
+    [
+        (RuntimeError("cannot read /srv/secret/ce/model.safetensors"), "the scorer failed"),
+        (ModelLoadError("cannot load '/srv/secret/ce'"), "the reranking model is not available"),
+    ],
+)
+async def test_500_bodies_do_not_echo_internal_text(
+    client: httpx.AsyncClient,
+    backends: Any,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+    error: Exception,
+    reason: str,
+) -> None:
+    def fail(*args: Any) -> Any:
+        raise error
+
+    monkeypatch.setattr(backends["tiny"], "forward", fail)
+    monkeypatch.setattr(backends["tiny"], "encode", fail)
+    with caplog.at_level(logging.ERROR):
+        r = await client.post("/rerank", json={"query": "q", "texts": ["a"]})
+    assert r.status_code == 500 and r.json()["error"]["reason"] == reason
+    assert "/srv/secret" not in r.text and "/srv/secret" in caplog.text
+
+
+# ---------------------------------------------------------------------- command line
+
+
+async def test_api_key_comes_from_a_file_or_the_environment(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.delenv("CROSSRANK_API_KEY", raising=False)
+    assert parse_args(["--model", "m"]).api_key is None
+    monkeypatch.setenv("CROSSRANK_API_KEY", "from-env")
+    assert parse_args(["--model", "m"]).api_key == "from-env"
+    key = tmp_path / "key"
+    key.write_text("  s3cret\n")
+    assert parse_args(["--model", "m", "--api-key-file", str(key)]).api_key == "s3cret"
+    with pytest.raises(SystemExit) as exit_:  # the flag that put the key into `ps` is gone
+        parse_args(["--model", "m", "--api-key", "s3cret"])
+    assert exit_.value.code == 2 and "unrecognized arguments: --api-key" in capsys.readouterr().err
+    key.write_text(" \n")
+    assert main(["--model", "m", "--api-key-file", str(key)]) == 2
+    assert "is empty" in capsys.readouterr().err
+    assert main(["--model", "m", "--api-key-file", str(tmp_path / "none")]) == 2
+    assert "No such file" in capsys.readouterr().err
+
+
+async def test_a_model_that_cannot_load_is_one_line_and_status_1(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["--model", "/nonexistent"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("crossrank serve: cannot load model '/nonexistent': ")
+    assert err.count("\n") == 1 and "Traceback" not in err
+
+    def broken(name: str, config: Any) -> Any:
+        raise RuntimeError("CUDA out of memory\nsecond line")
+
+    monkeypatch.setattr(app_module, "ModelBackend", broken)
+    assert main(["--model", "tiny=/m/tiny"]) == 1
+    err = capsys.readouterr().err
+    assert err == "crossrank serve: cannot load model 'tiny': CUDA out of memory second line\n"
 
 
 # ---------------------------------------------------------------------- queue (pure)

@@ -9,21 +9,25 @@ Requests are routed by :func:`.routing.match_route`: ``_search``/``_msearch`` go
 from __future__ import annotations
 
 import hmac
-import json
 import logging
+import traceback
 import zlib
-from typing import Any
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any, cast
 
 import httpx
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from crossrank.reranker.errors import CrossrankError
+from crossrank.reranker.config import RerankConfig
+from crossrank.reranker.errors import CrossrankError, MalformedInputError
+from crossrank.reranker.jsonio import dumps, loads
 
 from .control import ConfigResolver
 from .errors import BadRequest, BodyTooLarge, ProxyError, Unauthorized, error_for
 from .forward import Headers, Upstream, client_headers, header, relay_raw, response_headers
 from .metrics import ProxyMetrics, Timer, log_event
-from .routing import OWN_PREFIX, match_route
+from .routing import OWN_PREFIX, PROBES, Route, match_route
 from .scorers import ScorerFactory, Scorers, load_factory
 from .search import Incoming, Outgoing, SearchHandler
 from .settings import ProxySettings
@@ -31,11 +35,10 @@ from .settings import ProxySettings
 __all__ = ["AccessLog", "ProxyApp", "TokenGuard", "create_app"]
 
 _JSON = [(b"content-type", b"application/json; charset=UTF-8")]
-_PROBES = (f"{OWN_PREFIX}health", f"{OWN_PREFIX}ready")
 
 
 def _json_response(status: int, body: Any) -> Outgoing:
-    data = body if isinstance(body, bytes) else json.dumps(body).encode()
+    data = body if isinstance(body, bytes) else dumps(body)
     return Outgoing(status, [*_JSON, (b"content-length", str(len(data)).encode())], data)
 
 
@@ -81,6 +84,11 @@ class ProxyApp:
             settings, self.upstream, self.resolver, self.scorers, self.metrics
         )
 
+    def configured(self) -> list[RerankConfig]:
+        """The scorer configurations this proxy is set up to rerank with."""
+        configs = [self.resolver.base, *(config for _, config in self.resolver.rules)]
+        return [c for c in configs if c.enabled]
+
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
             await self._lifespan(receive, send)
@@ -88,9 +96,15 @@ class ProxyApp:
             info: dict[str, Any] = scope.setdefault("crossrank", {})
             try:
                 out = await self._http(scope, receive, info)
-            except (CrossrankError, Exception) as exc:
-                if not isinstance(exc, CrossrankError):
-                    log_event("unhandled error", logging.ERROR, error=repr(exc))
+            except Exception as exc:
+                if not isinstance(exc, CrossrankError):  # where, not what: an exception's
+                    frame = traceback.extract_tb(exc.__traceback__)[-1]  # text may hold data
+                    log_event(
+                        "unhandled error",
+                        logging.ERROR,
+                        error=type(exc).__name__,
+                        at=f"{Path(frame.filename).name}:{frame.lineno} in {frame.name}",
+                    )
                 status, body = error_for(exc)
                 out = _json_response(status, body)
             await _send(send, out, head=scope["method"] == "HEAD")
@@ -99,11 +113,8 @@ class ProxyApp:
         while True:
             message = await receive()
             if message["type"] == "lifespan.startup":
-                if self.settings.preload and self.settings.rerank.enabled:
-                    try:
-                        await self.scorers.get(self.settings.rerank)
-                    except Exception as exc:  # requests fall back until it loads
-                        log_event("scorer preload failed", logging.ERROR, error=repr(exc))
+                if self.settings.preload:
+                    await self.scorers.preload(self.configured())
                 log_event("proxy ready", upstream=self.settings.upstream)
                 await send({"type": "lifespan.startup.complete"})
             elif message["type"] == "lifespan.shutdown":
@@ -111,7 +122,7 @@ class ProxyApp:
                 await send({"type": "lifespan.shutdown.complete"})
                 return
 
-    async def _read(self, scope: Scope, receive: Receive) -> bytes:
+    async def _read(self, receive: Receive) -> bytes:
         limit = self.settings.max_body_bytes
         chunks, size = [], 0
         while True:
@@ -126,28 +137,20 @@ class ProxyApp:
 
     async def _http(self, scope: Scope, receive: Receive, info: dict[str, Any]) -> Outgoing:
         method: str = scope["method"]
-        raw_path = scope.get("raw_path", scope["path"].encode()).decode("latin-1").split("?")[0]
-        route = match_route(method, raw_path)
+        route = route_of(scope)
+        raw_path = target_of(scope)
         info["route"] = route.kind
         headers: Headers = list(scope["headers"])
         length = header(headers, b"content-length")
-        if length is not None and length.isdigit() and int(length) > self.settings.max_body_bytes:
-            limit = self.settings.max_body_bytes
+        limit = self.settings.max_body_bytes
+        if length is not None and length.isdigit() and int(length) > limit:
             raise BodyTooLarge(f"request body is larger than the limit of [{limit}] bytes")
         if route.kind == "own":
-            return await self._own(route.name)
+            return await self._own(method, route.name)
         query: bytes = scope.get("query_string", b"")
         if route.kind == "forward":
-            url = self.upstream.url(raw_path, query)
-            chunked = header(headers, b"transfer-encoding") is not None
-            content = _stream(receive) if chunked or length not in (None, b"0") else None
-            response = await self.upstream.send(
-                method, url, client_headers(headers), content, stream=True
-            )
-            return Outgoing(
-                response.status_code, response_headers(response, raw=True), relay_raw(response)
-            )
-        raw_body = await self._read(scope, receive)
+            return await self._forward(method, raw_path, query, headers, length, receive)
+        raw_body = await self._read(receive)
         body = raw_body
         if (header(headers, b"content-encoding") or b"").lower() == b"gzip" and raw_body:
             body = _gunzip(raw_body, self.settings.max_body_bytes)
@@ -157,28 +160,95 @@ class ProxyApp:
         info.update(out.info)
         return out
 
-    async def _own(self, name: str) -> Outgoing:
+    async def _forward(
+        self,
+        method: str,
+        raw_path: str,
+        query: bytes,
+        headers: Headers,
+        length: bytes | None,
+        receive: Receive,
+    ) -> Outgoing:
+        """Stream a request to the upstream and its answer back, untouched.
+
+        A small JSON body (``check_forward_bytes``) is read first and refused when nested
+        deeper than ``max_json_depth``: the engines crash on deep bool queries.
+        """
+        url = self.upstream.url(raw_path, query)
+        chunked = header(headers, b"transfer-encoding") is not None
+        content: bytes | AsyncIterator[bytes] | None = None
+        if chunked or length not in (None, b"0"):
+            content = _stream(receive)
+            if not chunked and length is not None and length.isdigit():
+                if int(length) <= self.settings.check_forward_bytes and _is_json(headers):
+                    content = await self._read(receive)
+                    _check_depth(content, self.settings.max_json_depth)
+        response = await self.upstream.send(
+            method, url, client_headers(headers), content, stream=True
+        )
+        return Outgoing(
+            response.status_code, response_headers(response, raw=True), relay_raw(response)
+        )
+
+    async def _own(self, method: str, name: str) -> Outgoing:
+        if name not in ("health", "ready", "metrics"):
+            raise ProxyError(
+                f"no such crossrank endpoint [{name}]",
+                kind="resource_not_found_exception",
+                status=404,
+            )
+        if method not in ("GET", "HEAD"):
+            raise ProxyError(
+                f"Incorrect HTTP method for uri [{OWN_PREFIX}{name}] and method [{method}], "
+                "allowed: [GET, HEAD]",
+                kind="method_not_allowed_exception",
+                status=405,
+            )
         if name == "health":
             return _json_response(200, {"status": "ok"})
         if name == "ready":
-            try:
-                status = await self.upstream.ping()
-            except ProxyError as exc:
-                return _json_response(503, {"status": "unavailable", "reason": exc.reason})
-            return _json_response(200, {"status": "ready", "upstream_status": status})
-        if name == "metrics":
-            data = self.metrics.render()
-            return Outgoing(
-                200,
-                [
-                    (b"content-type", b"text/plain; version=0.0.4; charset=utf-8"),
-                    (b"content-length", str(len(data)).encode()),
-                ],
-                data,
-            )
-        raise ProxyError(
-            f"no such crossrank endpoint [{name}]", kind="resource_not_found_exception", status=404
+            return await self._ready()
+        data = self.metrics.render()
+        return Outgoing(
+            200,
+            [
+                (b"content-type", b"text/plain; version=0.0.4; charset=utf-8"),
+                (b"content-length", str(len(data)).encode()),
+            ],
+            data,
         )
+
+    async def _ready(self) -> Outgoing:
+        """Ready when the upstream answers and every configured model can score."""
+        try:
+            status = await self.upstream.ping()
+        except ProxyError as exc:
+            return _json_response(503, {"status": "unavailable", "reason": exc.reason})
+        models = await self.scorers.readiness(self.configured())
+        body: dict[str, Any] = {"status": "ready", "upstream_status": status, "models": models}
+        if models["failed"] or models["loading"]:
+            body["status"] = "unavailable"
+            body["reason"] = (
+                f"{models['failed']} configured model(s) cannot score and "
+                f"{models['loading']} are still loading (details in the proxy's log)"
+            )
+            return _json_response(503, body)
+        return _json_response(200, body)
+
+
+def _is_json(headers: Headers) -> bool:
+    kind = (header(headers, b"content-type") or b"application/json").lower()
+    return b"json" in kind and b"ndjson" not in kind
+
+
+def _check_depth(data: bytes, limit: int) -> None:
+    """400 for a JSON body nested deeper than ``limit``; anything unparsable is the engine's
+    to judge (the engines accept some lenient JSON)."""
+    try:
+        loads(data, max_depth=limit)
+    except MalformedInputError as exc:
+        if "nesting depth" in str(exc):
+            raise BadRequest(str(exc), kind="x_content_parse_exception") from None
 
 
 async def _stream(receive: Receive) -> Any:
@@ -203,7 +273,7 @@ class TokenGuard:
             return
         given = header(scope["headers"], self.header)
         scope["headers"] = [(k, v) for k, v in scope["headers"] if k.lower() != self.header]
-        if scope["path"] in _PROBES or (
+        if _is_probe(scope) or (
             given is not None and hmac.compare_digest(given, self.token.encode())
         ):
             await self.app(scope, receive, send)
@@ -211,6 +281,30 @@ class TokenGuard:
         status, body = error_for(Unauthorized("missing or invalid crossrank proxy token"))
         out = _json_response(status, body)
         await _send(send, out, head=scope["method"] == "HEAD")
+
+
+def target_of(scope: Scope) -> str:
+    """The request target's path as sent (percent-encoded), without the query."""
+    raw = scope.get("raw_path") or scope["path"].encode("utf-8", "surrogateescape")
+    return bytes(raw).decode("latin-1").split("?")[0]
+
+
+def route_of(scope: Scope) -> Route:
+    """The request's route, decided once per request (400 for a bad target)."""
+    info: dict[str, Any] = scope.setdefault("crossrank", {})
+    route = info.get("_route")
+    if route is None:
+        route = info["_route"] = match_route(scope["method"], target_of(scope))
+    return cast(Route, route)
+
+
+def _is_probe(scope: Scope) -> bool:
+    """A token-exempt probe, read exactly as the router reads it."""
+    try:
+        route = route_of(scope)
+    except ProxyError:
+        return False
+    return route.kind == "own" and route.name in PROBES and scope["method"] in ("GET", "HEAD")
 
 
 class AccessLog:
@@ -234,13 +328,13 @@ class AccessLog:
         try:
             await self.app(scope, receive, capture)
         finally:
-            info = scope.get("crossrank", {})
+            info = {k: v for k, v in scope.get("crossrank", {}).items() if k != "_route"}
             route = info.get("route", "unknown")
             self.metrics.requests.labels(route, str(status)).inc()
             log_event(
                 "request",
                 method=scope["method"],
-                path=scope["path"],
+                path=target_of(scope)[:200],
                 status=status,
                 ms=round(timer.seconds * 1000, 2),
                 **info,

@@ -4,8 +4,11 @@
         --model cross-encoder/ms-marco-MiniLM-L6-v2 --fields title,body --window 100 \\
         --defaults indices.yaml --latency-budget-ms 500
 
-The proxy token is read from ``$CROSSRANK_PROXY_TOKEN`` or ``--token-file`` (never a flag,
-so it stays out of process listings).
+Secrets never go on the command line, where process listings show them: the proxy token is
+read from ``$CROSSRANK_PROXY_TOKEN`` or ``--token-file``, the remote scorer's API key from
+``$CROSSRANK_SCORER_API_KEY`` or ``--scorer-api-key-file``, the upstream's credentials from
+``$CROSSRANK_UPSTREAM_AUTH`` (an ``Authorization`` value). Credentials in the ``--upstream``
+URL still work (moved to that header, never logged) but show in process listings.
 """
 
 from __future__ import annotations
@@ -47,6 +50,12 @@ def parser() -> argparse.ArgumentParser:
     lim.add_argument("--upstream-timeout", type=float, default=60.0)
     lim.add_argument("--max-body-bytes", type=int, default=100 * 1024 * 1024)
     lim.add_argument("--latency-budget-ms", type=float, help="scoring slower than this falls back")
+    lim.add_argument(
+        "--max-json-depth",
+        type=int,
+        default=ProxySettings.model_fields["max_json_depth"].default,
+        help="deeper JSON bodies get a 400 (search bodies, small forwarded JSON bodies)",
+    )
     sec = p.add_argument_group("proxy token")
     sec.add_argument("--token-file", help="file holding the token ($CROSSRANK_PROXY_TOKEN too)")
     sec.add_argument("--token-header", default="X-Crossrank-Token")
@@ -60,6 +69,9 @@ def parser() -> argparse.ArgumentParser:
     rr.add_argument("--device")
     rr.add_argument("--dtype")
     rr.add_argument("--scorer-url", action="append", default=[], help="remote scorer URL")
+    rr.add_argument(
+        "--scorer-api-key-file", help="file holding the scorer API key ($CROSSRANK_SCORER_API_KEY)"
+    )
     rr.add_argument("--on-scorer-error", choices=["fallback", "raise"])
     rr.add_argument("--rerank-json", help="more RerankConfig options as a JSON object")
     rr.add_argument("--disable", action="store_true", help="rerank only when asked")
@@ -74,6 +86,18 @@ def parser() -> argparse.ArgumentParser:
 def build_settings(args: argparse.Namespace) -> ProxySettings:
     """ProxySettings from parsed arguments and the environment."""
     rerank: dict[str, Any] = json.loads(args.rerank_json) if args.rerank_json else {}
+    if not isinstance(rerank, dict):
+        raise ValueError("--rerank-json must be a JSON object")
+    if "scorer_api_key" in rerank:
+        raise ValueError(
+            "--rerank-json must not hold scorer_api_key (process listings show it): "
+            "use $CROSSRANK_SCORER_API_KEY or --scorer-api-key-file"
+        )
+    api_key = os.environ.get("CROSSRANK_SCORER_API_KEY") or None
+    if args.scorer_api_key_file:
+        api_key = Path(args.scorer_api_key_file).read_text(encoding="utf-8").strip()
+    if api_key:
+        rerank["scorer_api_key"] = api_key
     simple = {
         "model": args.model,
         "template": args.template,
@@ -105,6 +129,8 @@ def build_settings(args: argparse.Namespace) -> ProxySettings:
         upstream_timeout=args.upstream_timeout,
         max_body_bytes=args.max_body_bytes,
         latency_budget_ms=args.latency_budget_ms,
+        max_json_depth=args.max_json_depth,
+        upstream_auth=os.environ.get("CROSSRANK_UPSTREAM_AUTH") or None,
         token=token,
         token_header=args.token_header,
         rerank=RerankConfig.model_validate(rerank),
@@ -126,6 +152,8 @@ def _logging(level: str) -> dict[str, Any]:
         "loggers": {
             "uvicorn": {"level": level.upper()},
             "uvicorn.access": {"level": "WARNING"},  # the proxy logs its own access lines
+            "httpx": {"level": "WARNING"},  # one line per upstream call, URLs included
+            "httpcore": {"level": "WARNING"},
         },
     }
 

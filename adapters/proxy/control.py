@@ -20,6 +20,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from crossrank.adapters._search import count_param, page_of
 from crossrank.reranker.config import RerankConfig
 from crossrank.reranker.errors import RerankOptionsError
 
@@ -91,13 +92,6 @@ def _crossrank_options(spec: Any) -> tuple[dict[str, Any], float | None]:
     return options, None if budget is None else float(budget)
 
 
-def _int(value: Any, name: str) -> int:
-    try:
-        return int(value)
-    except (TypeError, ValueError):
-        raise BadRequest(f"[{name}] must be an integer, got [{value}]") from None
-
-
 def _reranker_retriever(
     body: dict[str, Any], spec: Any, params: Mapping[str, str]
 ) -> tuple[dict[str, Any], tuple[str, ...]]:
@@ -115,9 +109,8 @@ def _reranker_retriever(
     standard = inner.get("standard") if isinstance(inner, Mapping) and len(inner) == 1 else None
     if not isinstance(standard, Mapping):
         raise BadRequest(f"crossrank emulates [{_RERANKER}] over a [standard] retriever only")
-    window = _int(spec.get("rank_window_size", _DEFAULT_RANK_WINDOW), "rank_window_size")
-    size = _int(params.get("size", body.get("size", 10)), "size")
-    offset = _int(params.get("from", body.get("from", 0)), "from")
+    window = count_param(spec.get("rank_window_size", _DEFAULT_RANK_WINDOW), "rank_window_size")
+    offset, size = page_of(body, params)
     if window < 1:
         raise BadRequest("[rank_window_size] must be greater than 0")
     if size > window:

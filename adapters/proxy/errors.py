@@ -4,7 +4,9 @@ Tree (the root is crossrank's)::
 
     CrossrankError
     ├── QueryTextError, RerankOptionsError   → 400 illegal_argument_exception
-    ├── ScorerError                          → 503 (only with on_scorer_error="raise")
+    ├── MalformedInputError                  → 400 parse_exception (bad JSON, too deep)
+    ├── ScorerError                          → 503 (only with on_scorer_error="raise"),
+    │                                          reason: errors.public_reason (no URLs, paths)
     └── ProxyError                           status and engine error type of its own
         ├── BadRequest         400  parse_exception, illegal_argument_exception, ...
         ├── BodyTooLarge       413  content_too_long_exception
@@ -12,19 +14,23 @@ Tree (the root is crossrank's)::
         └── UpstreamError      502  connect failures; 504 on timeouts
 
 Upstream responses, errors included, are never turned into these: they pass through as sent.
+Anything else is a 500 whose body says only "internal error": exception texts may hold
+internal URLs, paths or data, so they go to the log (by the caller), never to the client.
 """
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from crossrank.reranker.errors import (
     CrossrankError,
+    MalformedInputError,
     QueryTextError,
     RerankOptionsError,
     ScorerError,
+    public_reason,
 )
+from crossrank.reranker.jsonio import dumps
 
 __all__ = [
     "BadRequest",
@@ -80,13 +86,15 @@ def error_body(status: int, kind: str, reason: str, **extra: Any) -> dict[str, A
 
 def error_for(exc: BaseException) -> tuple[int, bytes]:
     """Status and JSON body for an exception raised while handling a request."""
+    reason = str(exc) or type(exc).__name__
     if isinstance(exc, ProxyError):
         status, kind = exc.status, exc.kind
     elif isinstance(exc, (QueryTextError, RerankOptionsError)):
         status, kind = 400, "illegal_argument_exception"
+    elif isinstance(exc, MalformedInputError):
+        status, kind = 400, "parse_exception"
     elif isinstance(exc, ScorerError):
-        status, kind = 503, "crossrank_scorer_exception"
+        status, kind, reason = 503, "crossrank_scorer_exception", public_reason(exc)
     else:
-        status, kind = 500, "crossrank_proxy_exception"
-    body = error_body(status, kind, str(exc) or type(exc).__name__)
-    return status, json.dumps(body).encode()
+        status, kind, reason = 500, "crossrank_proxy_exception", "internal error"
+    return status, dumps(error_body(status, kind, reason))

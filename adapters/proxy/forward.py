@@ -13,7 +13,7 @@ from typing import Any
 
 import httpx
 
-from .errors import UpstreamError
+from .errors import BadRequest, UpstreamError
 from .settings import ProxySettings
 
 __all__ = ["HOP_BY_HOP", "Upstream", "client_headers", "response_headers", "ssl_context"]
@@ -38,7 +38,7 @@ Headers = list[tuple[bytes, bytes]]
 
 def ssl_context(settings: ProxySettings) -> ssl.SSLContext | bool:
     """TLS for the upstream: verification on/off, a CA file, a client certificate."""
-    if not settings.upstream.startswith("https://"):
+    if not settings.upstream.startswith("https://"):  # credentials were moved out of it
         return True
     ctx = ssl.create_default_context(cafile=settings.ca_file)
     if not settings.verify:
@@ -71,7 +71,9 @@ class Upstream:
     def __init__(
         self, settings: ProxySettings, transport: httpx.AsyncBaseTransport | None = None
     ) -> None:
-        self.base = settings.upstream
+        self.base = httpx.URL(settings.upstream)
+        self._prefix = self.base.raw_path.split(b"?")[0].rstrip(b"/")
+        self._auth = settings.upstream_auth.encode() if settings.upstream_auth else None
         timeout = httpx.Timeout(settings.upstream_timeout, connect=settings.connect_timeout)
         self.client = httpx.AsyncClient(
             verify=ssl_context(settings),
@@ -82,23 +84,33 @@ class Upstream:
             trust_env=False,
         )
 
-    def url(self, raw_path: str, query: bytes | str = b"") -> str:
-        query = query.decode("latin-1") if isinstance(query, bytes) else query
-        return f"{self.base}{raw_path}" + (f"?{query}" if query else "")
+    def url(self, raw_path: str, query: bytes | str = b"") -> httpx.URL:
+        """The upstream URL of a (checked, origin-form) path: built from parts, so the scheme,
+        host and port are always the upstream's, whatever the path holds."""
+        query = query.encode("latin-1") if isinstance(query, str) else query
+        target = self._prefix + raw_path.encode("latin-1") + (b"?" + query if query else b"")
+        try:
+            return self.base.copy_with(raw_path=target)
+        except (httpx.InvalidURL, UnicodeError) as exc:
+            raise BadRequest(f"invalid request target: {exc}") from None
 
     async def send(
         self,
         method: str,
-        url: str,
+        url: httpx.URL,
         headers: Headers,
         content: bytes | AsyncIterator[bytes] | None,
         *,
         stream: bool,
     ) -> httpx.Response:
-        """Send one request; ``stream``: the body is left unread (relay it, then close)."""
-        request = self.client.build_request(
-            method, httpx.URL(url), headers=headers, content=content
-        )
+        """Send one request; ``stream``: the body is left unread (relay it, then close).
+
+        The upstream credentials (``upstream_auth``) are added only when the client sent no
+        ``Authorization`` of its own: a client is never upgraded to the proxy's identity.
+        """
+        if self._auth is not None and header(headers, b"authorization") is None:
+            headers = [*headers, (b"authorization", self._auth)]
+        request = self.client.build_request(method, url, headers=headers, content=content)
         try:
             return await self.client.send(request, stream=stream)
         except httpx.TimeoutException as exc:
@@ -108,7 +120,7 @@ class Upstream:
                 status=504,
             ) from exc
         except httpx.HTTPError as exc:
-            raise UpstreamError(f"upstream unreachable: {type(exc).__name__}: {exc}") from exc
+            raise UpstreamError(f"upstream unreachable: {type(exc).__name__}") from exc
 
     async def ping(self) -> int:
         """Status of ``GET /`` on the upstream (any answer means reachable)."""

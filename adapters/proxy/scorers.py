@@ -1,22 +1,29 @@
 """The proxy's scorers: one per distinct scorer configuration, loaded off the event loop.
 
-:class:`BudgetScorer` is what a request scores with: it fetches (or loads) the scorer of its
-config and bounds the call by the latency budget; a failure or a timeout is raised to the
-flow, which answers in engine order (or raises, with ``on_scorer_error="raise"``).
+Each is loaded through a :class:`~crossrank.reranker.loading.ScorerLoader`: a search waits
+for a loading model at most its budget (and ``load_timeout``), a failed load is remembered
+and retried after a back-off, never once per search. :class:`BudgetScorer` is what a
+request scores with: it fetches its config's scorer and bounds the whole call by the
+latency budget; a failure or a timeout is raised to the flow, which answers in engine
+order (or raises, with ``on_scorer_error="raise"``). :meth:`Scorers.readiness` is what
+``/_crossrank/ready`` reports: every configured model loaded, and a remote scorer that
+really serves the configured model.
 """
 
 from __future__ import annotations
 
 import asyncio
 import importlib
+import logging
 from collections.abc import Callable, Sequence
 from typing import cast
 
 from crossrank.reranker.config import RerankConfig
-from crossrank.reranker.errors import ScorerError
+from crossrank.reranker.errors import ScorerError, ScorerTimeoutError
+from crossrank.reranker.loading import ScorerLoader
 from crossrank.reranker.scoring import Scorer, ScoreRequest, ScoreResult, make_scorer
 
-from .metrics import ProxyMetrics, Timer
+from .metrics import ProxyMetrics, Timer, log_event
 from .settings import scorer_key
 
 __all__ = ["BudgetScorer", "ScorerFactory", "Scorers", "load_factory"]
@@ -35,23 +42,73 @@ def load_factory(spec: str | None) -> ScorerFactory:
 
 
 class Scorers:
-    """Scorers by scorer configuration, each created once in a worker thread."""
+    """Scorers by scorer configuration, each loaded once in a background thread."""
 
     def __init__(self, factory: ScorerFactory) -> None:
         self.factory = factory
-        self._tasks: dict[object, asyncio.Future[Scorer]] = {}
+        self._loaders: dict[object, ScorerLoader] = {}
+        self._last_check: dict[object, str | None] = {}
 
-    async def get(self, config: RerankConfig) -> Scorer:
-        """The scorer for ``config`` (loading survives a cancelled caller)."""
+    def loader(self, config: RerankConfig) -> ScorerLoader:
+        """The loader of ``config``'s scorer (created, not started, on first use)."""
         key = scorer_key(config)
-        task = self._tasks.get(key)
-        if task is None or (task.done() and task.exception() is not None):
-            task = asyncio.ensure_future(asyncio.to_thread(self.factory, config))
-            self._tasks[key] = task
-        return await asyncio.shield(task)
+        loader = self._loaders.get(key)
+        if loader is None:
+            loader = ScorerLoader(lambda: self.factory(config), name=config.model)
+            self._loaders[key] = loader
+        return loader
+
+    async def get(self, config: RerankConfig, wait: float | None = None) -> Scorer:
+        """The scorer for ``config``; waits for a load at most ``wait`` / ``load_timeout`` s."""
+        limit = config.load_timeout if wait is None else min(wait, config.load_timeout)
+        return await self.loader(config).aget(limit)
+
+    async def preload(self, configs: Sequence[RerankConfig]) -> None:
+        """Load every configured scorer now (start-up), reporting each failure once."""
+        for config in configs:
+            try:
+                await self.loader(config).aget(None)
+            except ScorerError:
+                continue  # the loader has logged it, with the reason
+            await self._check(config)
+
+    async def _check(self, config: RerankConfig) -> str | None:
+        """A loaded scorer's own check (a remote scorer serving the model); logs changes."""
+        scorer = await self.loader(config).aget(0)
+        check = getattr(scorer, "acheck", None)
+        problem: str | None = None
+        if check is not None:
+            try:
+                await check()
+            except ScorerError as exc:
+                problem = str(exc)
+        key = scorer_key(config)
+        if problem != self._last_check.get(key, None):
+            if problem is not None:
+                log_event("scorer check failed", logging.ERROR, error=problem)
+            else:
+                log_event("scorer check passed", model=config.model)
+        self._last_check[key] = problem
+        return problem
+
+    async def readiness(self, configs: Sequence[RerankConfig]) -> dict[str, int]:
+        """Count the configured scorers by state: ready, loading, failed."""
+        counts = {"ready": 0, "loading": 0, "failed": 0}
+        for config in configs:
+            loader = self.loader(config)
+            if loader.state == "idle":  # not preloaded: start it, give a quick load a second
+                try:
+                    await loader.aget(min(1.0, config.load_timeout))
+                except ScorerError:
+                    pass
+            state = loader.state
+            if state == "ready" and await self._check(config) is not None:
+                state = "failed"
+            counts["failed" if state == "idle" else state] += 1
+        return counts
 
     def loaded(self) -> list[Scorer]:
-        return [t.result() for t in self._tasks.values() if t.done() and not t.exception()]
+        return [loader.get(0) for loader in self._loaders.values() if loader.state == "ready"]
 
     def cache_hits(self) -> int:
         """Document-cache hits summed over the loaded scorers that keep a cache."""
@@ -79,7 +136,7 @@ class BudgetScorer:
         raise NotImplementedError("the proxy scores asynchronously")
 
     async def _score(self, requests: Sequence[ScoreRequest]) -> list[ScoreResult]:
-        scorer = await self.scorers.get(self.config)
+        scorer = await self.scorers.get(self.config, self.budget_s)
         return cast(list[ScoreResult], await scorer.ascore(requests))
 
     async def ascore(self, requests: Sequence[ScoreRequest]) -> list[ScoreResult]:
@@ -90,8 +147,10 @@ class BudgetScorer:
             try:
                 return await asyncio.wait_for(self._score(requests), self.budget_s)
             except asyncio.TimeoutError:
-                raise ScorerError(
+                raise ScorerTimeoutError(
                     f"scoring exceeded the latency budget of {self.budget_s * 1000:g} ms"
                 ) from None
         finally:
             self.metrics.stage.labels("scoring").observe(timer.seconds)
+
+

@@ -10,11 +10,11 @@ to the rewritten response.
 
 from __future__ import annotations
 
+import asyncio
 import gzip
-import json
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import parse_qsl, urlencode
 
 import httpx
@@ -23,11 +23,13 @@ from crossrank.adapters._flow import (
     PASSTHROUGH,
     EngineCall,
     msearch_flow,
+    parse_msearch,
     run_async,
     search_flow,
 )
 from crossrank.reranker.config import RerankConfig
-from crossrank.reranker.errors import RerankOptionsError
+from crossrank.reranker.errors import MalformedInputError, RerankOptionsError
+from crossrank.reranker.jsonio import dumps, dumps_lines, loads
 
 from .control import ConfigResolver, Control, extract_control
 from .errors import BadRequest
@@ -40,7 +42,10 @@ from .settings import ProxySettings, scorer_key
 
 __all__ = ["Incoming", "Outgoing", "SearchHandler"]
 
+T = TypeVar("T")
 FALLBACK_HEADER = b"x-crossrank-fallback"
+# Engine responses hold stored documents, which may nest as deep as the engine accepted.
+_RESPONSE_DEPTH = 900
 _NON_JSON = (b"yaml", b"cbor", b"smile")
 
 
@@ -73,30 +78,15 @@ class _Reply(Exception):
         self.response = response
 
 
-def _parse_json(data: bytes, what: str) -> Any:
-    try:
-        return json.loads(data)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise BadRequest(f"failed to parse {what}: {exc}", kind="parse_exception") from None
+#: Bodies larger than this are parsed in a worker thread, so the event loop keeps serving.
+_OFF_LOOP_BYTES = 256 * 1024
 
 
-def _parse_ndjson(data: bytes) -> list[Any]:
-    lines = []
-    for n, line in enumerate(data.split(b"\n"), 1):
-        if line.strip():
-            lines.append(_parse_json(line, f"_msearch line {n}"))
-    if len(lines) % 2:
-        raise BadRequest("_msearch body must be header/body line pairs", kind="parse_exception")
-    for n, line in enumerate(lines, 1):
-        if not isinstance(line, dict):
-            raise BadRequest(f"_msearch line {n} must be a JSON object", kind="parse_exception")
-    return lines
-
-
-def _dumps(value: Any, pretty: bool) -> bytes:
-    if pretty:
-        return json.dumps(value, ensure_ascii=False, indent=2).encode()
-    return json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode()
+async def _off_loop(data: bytes, work: Callable[[bytes], T]) -> T:
+    """``work(data)``, in a worker thread when ``data`` is large."""
+    if len(data) > _OFF_LOOP_BYTES:
+        return await asyncio.to_thread(work, data)
+    return work(data)
 
 
 def _item_indices(item_header: Mapping[str, Any], route: Route) -> tuple[str, ...]:
@@ -128,9 +118,8 @@ class _Exchange:
 
     @staticmethod
     def _serialise(body: Any) -> bytes:
-        if isinstance(body, list):  # msearch lines
-            return "".join(json.dumps(line, ensure_ascii=False) + "\n" for line in body).encode()
-        return json.dumps(body, ensure_ascii=False).encode()
+        data: bytes = dumps_lines(body) if isinstance(body, list) else dumps(body)  # msearch: list
+        return data
 
     async def __call__(self, call: EngineCall) -> Any:
         timer = Timer()
@@ -162,8 +151,8 @@ class _Exchange:
             if response.status_code >= 300:
                 raise _Reply(response)
             try:
-                return response.json()
-            except ValueError:
+                return loads(response.content, max_depth=_RESPONSE_DEPTH, what="engine response")
+            except MalformedInputError:
                 raise _Reply(response) from None
         finally:
             self.metrics.stage.labels("engine").observe(timer.seconds)
@@ -218,13 +207,16 @@ class SearchHandler:
     async def _search(
         self, req: Incoming, route: Route, pairs: list[tuple[str, str]], params: dict[str, str]
     ) -> Outgoing:
-        body = _parse_json(req.body, "request body") if req.body.strip() else None
+        depth = self.settings.max_json_depth
+        body = None
+        if req.body.strip():
+            body = await _off_loop(req.body, lambda data: loads(data, max_depth=depth))
         control = extract_control(body, params)
         config = self.resolver.resolve(route.indices, control.options)
         flow_params = {k: v for k, v in params.items() if k not in control.drop_params}
         pairs = [(k, v) for k, v in pairs if k not in control.drop_params]
         if control.changed:
-            original = json.dumps(control.body, ensure_ascii=False).encode()
+            original = dumps(control.body)
             query = urlencode(pairs).encode()
         else:
             original, query = req.raw_body, req.query
@@ -237,12 +229,13 @@ class SearchHandler:
             return self._reply(reply.response)
         if out is PASSTHROUGH:
             return self._relay(exchange)
-        return self._rewritten(out, [out], exchange, params)
+        return await self._rewritten(out, [out], exchange, params)
 
     async def _msearch(
         self, req: Incoming, route: Route, pairs: list[tuple[str, str]], params: dict[str, str]
     ) -> Outgoing:
-        lines = _parse_ndjson(req.body)
+        depth = self.settings.max_json_depth
+        lines = await _off_loop(req.body, lambda data: parse_msearch(data, max_depth=depth))
         configs: list[RerankConfig | RerankOptionsError] = []
         budgets: list[float | None] = []
         changed = False
@@ -251,8 +244,9 @@ class SearchHandler:
             try:
                 control: Control = extract_control(item, {})
                 config = self.resolver.resolve(_item_indices(item_header, route), control.options)
-            except BadRequest as exc:
-                configs.append(RerankOptionsError(exc.reason))
+            except (BadRequest, RerankOptionsError) as exc:  # this item alone answers 400
+                configs.append(RerankOptionsError(str(exc)))
+                changed = True
                 continue
             lines[n + 1] = control.body
             changed = changed or control.changed
@@ -263,7 +257,7 @@ class SearchHandler:
             raise BadRequest("the reranked items of one _msearch must use the same model")
         base = active[0] if active else self.resolver.for_indices(route.indices)
         if changed:
-            original = b"".join(json.dumps(line).encode() + b"\n" for line in lines)
+            original = dumps_lines(lines)
         else:
             original = req.raw_body
         exchange = _Exchange(self.upstream, req, pairs, original, req.query, self.metrics)
@@ -274,9 +268,9 @@ class SearchHandler:
             return self._reply(reply.response)
         if out is PASSTHROUGH:
             return self._relay(exchange)
-        return self._rewritten(out, out.get("responses", []), exchange, params)
+        return await self._rewritten(out, out.get("responses", []), exchange, params)
 
-    def _rewritten(
+    async def _rewritten(
         self, out: Any, results: list[Any], exchange: _Exchange, params: Mapping[str, str]
     ) -> Outgoing:
         reranked = fallbacks = 0
@@ -290,7 +284,11 @@ class SearchHandler:
         if "filter_path" in params:
             out = filter_path(out, params["filter_path"])
         pretty = params.get("pretty", "false").lower() in ("", "true")
-        data = _dumps(out, pretty)
+        size = len(exchange.response.content) if exchange.response is not None else 0
+        if size > _OFF_LOOP_BYTES:
+            data = await asyncio.to_thread(dumps, out, pretty=pretty)
+        else:
+            data = dumps(out, pretty=pretty)
         assert exchange.response is not None
         headers = response_headers(exchange.response, raw=False)
         accept = (header(exchange.req.headers, b"accept-encoding") or b"").lower()

@@ -11,16 +11,19 @@ Rules are tried in order; the first whose pattern matches every index of a reque
 
 from __future__ import annotations
 
+import base64
 import fnmatch
 import json
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote, urlsplit, urlunsplit
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from crossrank.reranker.config import SCORER_FIELDS, RerankConfig
 from crossrank.reranker.errors import CrossrankError, RerankOptionsError
+from crossrank.reranker.jsonio import MAX_DEPTH
 
 __all__ = ["IndexRule", "ProxySettings", "load_rules", "scorer_key"]
 
@@ -45,7 +48,10 @@ class ProxySettings(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
+    #: the engine's URL; credentials in it (``http://user:pw@host``) move to ``upstream_auth``
     upstream: str
+    #: ``Authorization`` sent upstream when the client sends none (a client's own wins)
+    upstream_auth: str | None = Field(None, repr=False)
     host: str = "127.0.0.1"
     port: int = Field(9299, ge=0, le=65535)
     # TLS to the upstream
@@ -58,6 +64,10 @@ class ProxySettings(BaseModel):
     upstream_timeout: float = Field(60.0, gt=0)
     # limits
     max_body_bytes: int = Field(100 * 1024 * 1024, ge=1)
+    #: JSON nesting depth accepted in search bodies, and in forwarded JSON bodies up to
+    #: ``check_forward_bytes`` long (engines crash on deep bool queries); deeper → 400
+    max_json_depth: int = Field(MAX_DEPTH, ge=1, le=900)
+    check_forward_bytes: int = Field(1024 * 1024, ge=0)
     latency_budget_ms: float | None = Field(None, gt=0)
     # optional proxy-level token, checked and stripped
     token: str | None = Field(None, repr=False)
@@ -71,11 +81,32 @@ class ProxySettings(BaseModel):
     scorer_factory: str | None = None
     preload: bool = True
 
+    @model_validator(mode="before")
+    @classmethod
+    def _credentials(cls, data: Any) -> Any:
+        """Move ``user:password@`` out of the upstream URL (it would reach logs)."""
+        if not isinstance(data, dict) or not isinstance(data.get("upstream"), str):
+            return data
+        parts = urlsplit(data["upstream"])
+        if parts.username is None and parts.password is None:
+            return data
+        netloc = parts.netloc.rpartition("@")[2]
+        userinfo = f"{unquote(parts.username or '')}:{unquote(parts.password or '')}"
+        auth = "Basic " + base64.b64encode(userinfo.encode()).decode()
+        return {
+            **data,
+            "upstream": urlunsplit(parts._replace(netloc=netloc)),
+            "upstream_auth": data.get("upstream_auth") or auth,
+        }
+
     @field_validator("upstream")
     @classmethod
     def _url(cls, value: str) -> str:
-        if not value.startswith(("http://", "https://")):
-            raise ValueError("upstream must be an http:// or https:// URL")
+        parts = urlsplit(value)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError("upstream must be an http:// or https:// URL with a host")
+        if parts.query or parts.fragment:
+            raise ValueError("upstream must not have a query or a fragment")
         return value.rstrip("/")
 
     @field_validator("token_header")

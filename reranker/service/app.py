@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import hmac
-import json
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
@@ -19,28 +18,40 @@ from fastapi import FastAPI, Request
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import JSONResponse, Response
 
+from .. import jsonio
 from ..errors import (
     ClientDisconnectedError,
     InvalidRequestError,
+    ModelLoadError,
     PayloadTooLargeError,
     UnauthorizedError,
 )
 from .backend import ModelBackend
 from .batcher import Batcher
 from .metrics import CONTENT_TYPE, ServiceMetrics
-from .protocol import Job, error_response, parse_cohere, parse_rerank
+from .protocol import Job, Limits, error_response, parse_cohere, parse_rerank
 from .settings import ServeSettings
 
 __all__ = ["create_app", "load_backends"]
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
-Parse = Callable[[Any, int], Job]
+Parse = Callable[[Any, Limits], Job]
+
+
+def _load(name: str, settings: ServeSettings) -> ModelBackend:
+    try:
+        return ModelBackend(name, settings.model_config_for(name))
+    except Exception as exc:
+        raise ModelLoadError(f"cannot load model {name!r}: {exc}") from exc
 
 
 def load_backends(settings: ServeSettings) -> dict[str, ModelBackend]:
-    """Load every model of ``settings`` (blocking)."""
-    return {name: ModelBackend(name, settings.model_config_for(name)) for name in settings.models}
+    """Load every model of ``settings`` (blocking).
+
+    Any failure raises ``ModelLoadError`` ("cannot load model 'NAME': …"), the cause chained.
+    """
+    return {name: _load(name, settings) for name in settings.models}
 
 
 async def _read_json(request: Request, limit: int) -> Any:
@@ -56,10 +67,7 @@ async def _read_json(request: Request, limit: int) -> Any:
     body = b"".join(chunks)
     if not body.strip():
         raise InvalidRequestError("empty body; expected a JSON object")
-    try:
-        return json.loads(body)
-    except ValueError as exc:
-        raise InvalidRequestError(f"body is not valid JSON: {exc}") from exc
+    return jsonio.loads(body, what="JSON request body")  # MalformedInputError: 400
 
 
 async def _until_disconnect(request: Request) -> None:
@@ -90,6 +98,7 @@ def create_app(
 ) -> FastAPI:
     """The scorer service app; ``backends`` (already loaded models) or loaded from settings."""
     models = dict(backends) if backends is not None else load_backends(settings)
+    limits = Limits.of(settings)
     metrics = ServiceMetrics()
     executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="crossrank-forward")
     batchers = {
@@ -135,7 +144,7 @@ def create_app(
         outcome = "ok"
         try:
             authorize(request)
-            job = parse(await _read_json(request, settings.max_body_bytes), settings.max_documents)
+            job = parse(await _read_json(request, settings.max_body_bytes), limits)
             name = job.model or settings.default_model
             if name not in batchers:
                 raise InvalidRequestError(f"unknown model {name!r}; served: {sorted(batchers)}")
@@ -153,10 +162,10 @@ def create_app(
         return await serve(request, "/rerank", parse_rerank)
 
     async def cohere_v1(request: Request) -> Response:
-        return await serve(request, "/v1/rerank", lambda b, n: parse_cohere(b, n, 1))
+        return await serve(request, "/v1/rerank", lambda b, lim: parse_cohere(b, lim, 1))
 
     async def cohere_v2(request: Request) -> Response:
-        return await serve(request, "/v2/rerank", lambda b, n: parse_cohere(b, n, 2))
+        return await serve(request, "/v2/rerank", lambda b, lim: parse_cohere(b, lim, 2))
 
     async def health() -> Response:
         ok = state["status"] == "ok"
@@ -168,7 +177,8 @@ def create_app(
                 "default_model": settings.default_model,
                 "models": [b.info() for b in models.values()],
                 "limits": {
-                    "max_documents": settings.max_documents,
+                    "max_documents": limits.max_documents,
+                    "max_query_chars": limits.max_query_chars,
                     "max_body_bytes": settings.max_body_bytes,
                     "max_queue_pairs": settings.max_queue_pairs,
                     "batch_tokens": settings.batch_tokens,

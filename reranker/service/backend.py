@@ -45,11 +45,10 @@ class ModelBackend:
         return results
 
     def info(self) -> dict[str, Any]:
-        """What ``/info`` reports about this model."""
+        """What ``/info`` reports about this model: its served name, never its path."""
         s = self.scorer
         return {
             "name": self.name,
-            "model": s.config.model,
             "device": s.device,
             "dtype": str(s.dtype).removeprefix("torch."),
             "num_labels": s.num_labels,
