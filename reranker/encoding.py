@@ -1,14 +1,43 @@
 """Pair encoding with a document token cache, and truncation that is never silent.
 
-Documents are tokenized once (without special tokens) and their ids kept in a bounded LRU
-cache keyed by tokenizer and content hash; per request only the query is tokenized, and the
-pair inputs are assembled from the tokenizer's own pair template. The result equals the
-tokenizer's own ``tokenizer(query, doc, truncation="only_second")`` encoding.
+Documents are tokenized once (without special tokens) and their ids kept in an LRU cache
+keyed by tokenizer and content hash, bounded in entries and in bytes; per request only the
+query is tokenized, and the pair inputs are assembled from the tokenizer's own pair
+template. The result equals the tokenizer's own ``tokenizer(query, doc,
+truncation="only_second")`` encoding.
+
+Only the tokens that can ever be used are tokenized and kept: the first ``keep_tokens`` of a
+document (the largest document budget, or ``max_passages`` windows of it, plus one token so
+that "was it truncated" stays exact) and the first ``max_query_tokens + 1`` of a query. They
+come from :func:`prefix_encode`, which tokenizes a prefix of the text cut just before a
+space (U+0020) that follows a non-space character, doubling the prefix until it yields
+enough tokens or covers the text. Such a cut cannot change the tokens before it:
+
+- normalizers (BERT cleaning/lowercasing/accent stripping, NFC/NFKC, metaspace
+  replacement) work per character or per combining sequence, and a space is a starter that
+  nothing before it combines with, so the normalized prefix is a prefix of the normalized
+  text; the prefix ends in a non-space character, so right-stripping does not touch it;
+- pre-tokenizers split there: WordPiece's BERT pre-tokenizer and ``Whitespace`` split on
+  whitespace, ``Metaspace`` starts a new piece at each space, and byte-level BPE's regex
+  has no match that runs from a non-space character into whitespace (``' ?\\p{L}+'`` and
+  its kin start with the optional space and stop at one; the whitespace rules start at
+  whitespace), so the pieces before the cut are the same in the prefix and in the text;
+- the models (WordPiece, BPE, unigram) tokenize each piece on its own, so equal pieces give
+  equal tokens, and the prefix's tokens are a prefix of the text's tokens.
+
+Tokenizers for which the argument does not hold — no pre-tokenizer, one that does not split
+at a space (``Metaspace(split=False)``, ``ByteLevel(use_regex=False)``) or an added token
+containing whitespace — are detected and always tokenize the whole text (a custom
+``Replace`` normalizer or ``Split`` regex that spans a space is not). Text with no such
+space (CJK, one long word) is tokenized whole as well. Tokenization goes through
+``encode_batch``, which releases the GIL (``Tokenizer.encode`` holds it throughout).
 """
 
 from __future__ import annotations
 
 import hashlib
+import re
+import sys
 import threading
 from collections import OrderedDict
 from collections.abc import Sequence
@@ -18,9 +47,61 @@ from typing import Any, Literal
 import numpy as np
 import numpy.typing as npt
 
-__all__ = ["EncodedPairs", "PairEncoder", "PairTemplate"]
+from .jsonio import scrub
+
+__all__ = ["EncodedPairs", "PairEncoder", "PairTemplate", "prefix_encode", "splits_at_spaces"]
 
 Ids = npt.NDArray[np.int64]
+
+#: Characters of the first prefix tried per token wanted (English averages 4-5 per token).
+_CHARS_PER_TOKEN = 8
+#: A space that follows a non-space character (literal first, so the search is fast).
+_CUT = re.compile(r" (?<=\S )")
+
+
+def _cut(text: str, chars: int) -> int:
+    """The first safe cut at or after ``chars``: a space after a non-space character."""
+    if chars >= len(text):
+        return len(text)
+    found = _CUT.search(text, max(chars, 1))
+    return found.start() if found else len(text)
+
+
+def splits_at_spaces(backend: Any) -> bool:
+    """Whether cutting text before a space leaves the tokens before the cut as they are."""
+    pre = backend.pre_tokenizer
+    if pre is None:
+        return False
+    pieces = pre.pre_tokenize_str("ab cd")
+    added = backend.get_added_tokens_decoder().values()
+    spaced = any(any(c.isspace() for c in token.content) for token in added)
+    return len(pieces) >= 2 and pieces[0][1][1] <= 2 and not spaced
+
+
+def prefix_encode(
+    backend: Any, texts: Sequence[str], limit: int, first_chars: int
+) -> list[list[int]]:
+    """The first ``limit`` token ids of each text (no special tokens), as tokenizing the
+    whole text gives them, from prefixes of ``first_chars`` characters or more.
+
+    A prefix is cut at :func:`_cut` (see the module notes) and doubled until it yields
+    ``limit`` tokens or covers the text; pass ``sys.maxsize`` to tokenize whole texts.
+    """
+    out: list[list[int]] = [[] for _ in texts]
+    pending = {i: max(1, first_chars) for i in range(len(texts))}
+    while pending:
+        cuts = {i: _cut(texts[i], chars) for i, chars in pending.items()}
+        encodings = backend.encode_batch(
+            [texts[i][:cut] for i, cut in cuts.items()], add_special_tokens=False
+        )
+        pending = {}
+        for (i, cut), enc in zip(cuts.items(), encodings):
+            ids = enc.ids
+            if len(ids) >= limit or cut >= len(texts[i]):
+                out[i] = ids[:limit]
+            else:
+                pending[i] = 2 * cut
+    return out
 
 
 @dataclass(frozen=True)
@@ -89,7 +170,12 @@ class EncodedPairs:
 
 
 class PairEncoder:
-    """Encodes (query, document) pairs for one tokenizer within the model's token budget."""
+    """Encodes (query, document) pairs for one tokenizer within the model's token budget.
+
+    Texts are scrubbed on the way in (lone surrogates become U+FFFD), so any ``str`` works.
+    The document cache holds at most ``cache_size`` documents and ``cache_bytes`` bytes of
+    token ids (``cache_nbytes``), evicting the least recently used.
+    """
 
     def __init__(
         self,
@@ -101,6 +187,7 @@ class PairEncoder:
         passage_overlap: int = 32,
         max_passages: int = 8,
         cache_size: int = 50_000,
+        cache_bytes: int = 256 * 1024 * 1024,
     ) -> None:
         backend = getattr(tokenizer, "backend_tokenizer", None) or getattr(
             tokenizer, "_tokenizer", None
@@ -111,6 +198,7 @@ class PairEncoder:
         self._backend = type(backend).from_str(backend.to_str())
         self._backend.no_truncation()
         self._backend.no_padding()
+        self._prefix_safe = splits_at_spaces(self._backend)
         self.template = PairTemplate.probe(self._backend)
         self.max_length = max_length
         self.max_query_tokens = min(max_query_tokens, max_length - self.template.num_special - 1)
@@ -119,20 +207,54 @@ class PairEncoder:
         self.long_documents = long_documents
         self.passage_overlap = passage_overlap
         self.max_passages = max_passages
+        # An empty query leaves the largest budget; a shorter one only needs fewer tokens.
+        self.keep_tokens = self._tokens_needed(max_length - self.template.num_special)
         self.cache_size = cache_size
+        self.cache_bytes = cache_bytes
+        self.cache_nbytes = 0
         self._cache: OrderedDict[bytes, Ids] = OrderedDict()
         self._lock = threading.Lock()
         self._key = hashlib.sha1(self._backend.to_str().encode()).digest()
         self.cache_hits = 0
         self.cache_misses = 0
 
+    def _tokens_needed(self, budget: int) -> int:
+        """Document tokens that decide :meth:`_windows` for ``budget``: all it can use, + 1."""
+        if self.long_documents == "truncate":
+            return budget + 1
+        step = max(1, budget - self.passage_overlap)
+        return (self.max_passages - 1) * step + budget + 1
+
+    def _first_chars(self, limit: int) -> int:
+        return _CHARS_PER_TOKEN * limit if self._prefix_safe else sys.maxsize
+
     def _key_of(self, text: str) -> bytes:
         return hashlib.blake2b(text.encode(), key=self._key[:16], digest_size=16).digest()
 
     def document_ids(self, documents: Sequence[str]) -> list[Ids]:
-        """Token ids of each document (no special tokens), from the cache where possible."""
-        keys = [self._key_of(d) for d in documents]
-        out: list[Ids | None] = [None] * len(documents)
+        """The first ``keep_tokens`` token ids of each document (no special tokens), from the
+        cache where possible; they decide every window and truncation exactly."""
+        texts = [scrub(d) for d in documents]
+        keys = [self._key_of(t) for t in texts]
+        out, todo = self._lookup(keys)
+        if todo:
+            firsts = [positions[0] for positions in todo.values()]
+            encoded = prefix_encode(
+                self._backend,
+                [texts[i] for i in firsts],
+                self.keep_tokens,
+                self._first_chars(self.keep_tokens),
+            )
+            fresh = [np.array(ids, dtype=np.int64) for ids in encoded]
+            for positions, ids in zip(todo.values(), fresh):
+                for i in positions:
+                    out[i] = ids
+            self._store(list(todo), fresh)
+        return [o for o in out if o is not None]
+
+    def _lookup(self, keys: list[bytes]) -> tuple[list[Ids | None], dict[bytes, list[int]]]:
+        """Cached ids per key (None where missing), and the positions of each missing key."""
+        out: list[Ids | None] = [None] * len(keys)
         todo: dict[bytes, list[int]] = {}
         with self._lock:
             for i, key in enumerate(keys):
@@ -144,25 +266,31 @@ class PairEncoder:
                 else:
                     todo.setdefault(key, []).append(i)
             self.cache_misses += len(todo)
-        if todo:
-            firsts = [positions[0] for positions in todo.values()]
-            encodings = self._backend.encode_batch(
-                [documents[i] for i in firsts], add_special_tokens=False
-            )
-            with self._lock:
-                for (key, positions), enc in zip(todo.items(), encodings):
-                    ids = np.asarray(enc.ids, dtype=np.int64)
-                    for i in positions:
-                        out[i] = ids
-                    if self.cache_size:
-                        self._cache[key] = ids
-                while len(self._cache) > self.cache_size:
-                    self._cache.popitem(last=False)
-        return [o for o in out if o is not None]
+        return out, todo
+
+    def _store(self, keys: list[bytes], values: list[Ids]) -> None:
+        """Cache ``values``, then evict the least recently used until both bounds hold."""
+        with self._lock:
+            for key, ids in zip(keys, values):
+                old = self._cache.pop(key, None)  # another thread may have stored it too
+                if old is not None:
+                    self.cache_nbytes -= old.nbytes
+                self._cache[key] = ids
+                self.cache_nbytes += ids.nbytes
+            while self._cache and (
+                len(self._cache) > self.cache_size or self.cache_nbytes > self.cache_bytes
+            ):
+                _, old = self._cache.popitem(last=False)
+                self.cache_nbytes -= old.nbytes
 
     def query_ids(self, query: str) -> tuple[Ids, bool]:
-        """Token ids of the query, capped at ``max_query_tokens``; and whether it was cut."""
-        ids = self._backend.encode(query, add_special_tokens=False).ids
+        """Token ids of the query, capped at ``max_query_tokens``; and whether it was cut.
+
+        Only a prefix of a long query is tokenized (see :func:`prefix_encode`), with the
+        GIL released; the result equals tokenizing the whole query.
+        """
+        limit = self.max_query_tokens + 1
+        (ids,) = prefix_encode(self._backend, [scrub(query)], limit, self._first_chars(limit))
         cut = len(ids) > self.max_query_tokens
         return np.asarray(ids[: self.max_query_tokens], dtype=np.int64), cut
 

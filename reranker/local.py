@@ -109,6 +109,7 @@ class LocalScorer:
             passage_overlap=cfg.passage_overlap,
             max_passages=cfg.max_passages,
             cache_size=cfg.cache_size,
+            cache_bytes=cfg.cache_bytes,
         )
         self._uses_types = "token_type_ids" in self.tokenizer.model_input_names
         pad = self.tokenizer.pad_token_id

@@ -156,3 +156,30 @@ def test_batches_are_length_sorted_and_under_the_token_budget(tiny_model_dir: Pa
         [enc.input_ids[r] for r in batches[-1]], [enc.token_type_ids[r] for r in batches[-1]]
     )
     assert padded.input_ids.shape[1] == max(lengths[r] for r in batches[-1])
+
+
+def test_lone_surrogates_score_as_replacement_characters(tiny_model_dir: Path) -> None:
+    s = scorer(tiny_model_dir)
+    lone = ScoreRequest("heat \ud800 flow", ["heat \ud800", "\udfff", "a \udc80\ud800 b", "flow"])
+    fixed = ScoreRequest("heat \ufffd flow", ["heat \ufffd", "\ufffd", "a \ufffd\ufffd b", "flow"])
+    (got,) = s.score([lone])
+    (want,) = scorer(tiny_model_dir).score([fixed])
+    assert got.scores == want.scores
+    assert (got.truncated, got.query_truncated) == (want.truncated, want.query_truncated)
+    only_query = s.score([ScoreRequest("\udbff", ["flow"])])[0].scores
+    assert only_query == s.score([ScoreRequest("\ufffd", ["flow"])])[0].scores
+    hits = s.encoder.cache_hits
+    s.encoder.encode(["q"], [["heat \ufffd"]])  # the same document as "heat \ud800": a hit
+    assert s.encoder.cache_hits == hits + 1
+
+
+def test_document_cache_bounds_come_from_the_config(tiny_model_dir: Path) -> None:
+    s = scorer(tiny_model_dir, cache_bytes=0)
+    assert (s.encoder.cache_bytes, s.encoder.cache_size) == (0, 50_000)
+    s.score([ScoreRequest(QUERY, DOCS[:3])])
+    assert (len(s.encoder._cache), s.encoder.cache_nbytes) == (0, 0)
+    small = scorer(tiny_model_dir, cache_bytes=1_000)
+    small.score([ScoreRequest(QUERY, DOCS[3:4])])  # "flow " * 700 keeps 510 tokens: 4080 bytes
+    assert (len(small.encoder._cache), small.encoder.cache_nbytes) == (0, 0)
+    small.score([ScoreRequest(QUERY, DOCS[:3])])
+    assert len(small.encoder._cache) == 3 and 0 < small.encoder.cache_nbytes <= 1_000
