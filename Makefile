@@ -25,7 +25,7 @@ setup: venv es8 engines
 
 # The main job: set up, then the demo on a real OpenSearch node.
 demo: setup
-	$(PY) -m crossrank.adapters.demo
+	$(PY) -m crossrank.adapters.cli.demo
 
 venv:
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -45,8 +45,10 @@ test: lint typecheck unit integration
 lint:
 	$(BIN)/ruff check .
 
+# mypy reads the package as installed (crossrank.adapters, crossrank.reranker) through the
+# links in .typecheck/, so imports between the two resolve to real types, not Any.
 typecheck:
-	$(BIN)/mypy adapters reranker
+	MYPYPATH=.typecheck $(BIN)/mypy -p crossrank.adapters -p crossrank.reranker
 
 unit:
 	$(PY) -m pytest tests $(PYTEST_ARGS)

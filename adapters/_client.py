@@ -5,11 +5,18 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any, TypeAlias
 
+from crossrank.adapters.core.flow import (
+    PASSTHROUGH,
+    EngineCall,
+    Flow,
+    msearch_flow,
+    run_async,
+    run_sync,
+    search_flow,
+)
 from crossrank.reranker.config import RerankConfig
-from crossrank.reranker.loading import ScorerLoader
+from crossrank.reranker.loader import ScorerLoader
 from crossrank.reranker.scoring import Scorer, ScoreRequest, ScoreResult, make_scorer
-
-from ._flow import PASSTHROUGH, EngineCall, Flow, msearch_flow, run_async, run_sync, search_flow
 
 __all__ = [
     "AsyncReranking",
@@ -29,7 +36,7 @@ class RerankState:
 
     A search waits for the loading model at most ``config.load_timeout`` seconds, then
     answers in engine order (flagged) while the load goes on; a failed load is remembered
-    and retried after a back-off (:class:`~crossrank.reranker.loading.ScorerLoader`).
+    and retried after a back-off (:class:`~crossrank.reranker.loader.ScorerLoader`).
     """
 
     def __init__(self, config: RerankConfig | dict[str, Any] | None, scorer: Scorer | None) -> None:

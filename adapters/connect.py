@@ -22,9 +22,9 @@ def detect_kind(url: str, timeout: float = 10.0) -> Kind:
 def client_for(url: str, kind: Kind | None = None, **kwargs: Any) -> Any:
     """A sync reranking client (``rerank=``, ``scorer=`` and client options in ``kwargs``)."""
     if (kind or detect_kind(url)) == "opensearch":
-        from .opensearch import OpenSearch
+        from crossrank.adapters.opensearch import OpenSearch
 
         return OpenSearch(hosts=[url], **kwargs)
-    from .elasticsearch import Elasticsearch
+    from crossrank.adapters.elasticsearch import Elasticsearch
 
     return Elasticsearch(url, **kwargs)

@@ -14,7 +14,7 @@ from elastic_transport import ObjectApiResponse
 from elasticsearch import AsyncElasticsearch as _AsyncElasticsearch
 from elasticsearch import Elasticsearch as _Elasticsearch
 
-from ._client import AsyncReranking, EngineCalls, RerankingClient, SyncReranking
+from crossrank.adapters._client import AsyncReranking, EngineCalls, RerankingClient, SyncReranking
 
 __all__ = ["AsyncElasticsearch", "Elasticsearch"]
 

@@ -15,7 +15,7 @@ from typing import Any
 from opensearchpy import AsyncOpenSearch as _AsyncOpenSearch
 from opensearchpy import OpenSearch as _OpenSearch
 
-from ._client import AsyncReranking, EngineCalls, RerankingClient, SyncReranking
+from crossrank.adapters._client import AsyncReranking, EngineCalls, RerankingClient, SyncReranking
 
 __all__ = ["AsyncOpenSearch", "OpenSearch"]
 

@@ -59,9 +59,9 @@ def _doc_text(doc: dict[str, str]) -> str:
 def prepare(args: argparse.Namespace) -> None:
     """Index, mine training groups and record BM25 windows, one JSON file per collection."""
     from crossrank.adapters.connect import client_for
-    from crossrank.adapters.evaluate import index_collection, load_beir, pick_analyzer
+    from crossrank.adapters.evaluation import index_collection, load_beir, pick_analyzer
     from crossrank.adapters.nodes import EngineNode, EngineSpec
-    from crossrank.adapters.train import KINDS, self_supervised_groups
+    from crossrank.adapters.training.mining import KINDS, self_supervised_groups
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -121,8 +121,8 @@ def prepare(args: argparse.Namespace) -> None:
 
 def _score_windows(model_dir: str, bundle: dict[str, Any], device: str) -> dict[str, Any]:
     """Cross-encoder scores of every BM25 window, through the standard reranker path."""
+    from crossrank.adapters.core.inputs import document_text
     from crossrank.reranker import LocalScorer, RerankConfig, ScoreRequest
-    from crossrank.reranker.inputs import document_text
 
     config = RerankConfig(model=model_dir, fields=FIELDS, max_length=256, device=device)
     scorer = LocalScorer(config)
@@ -144,7 +144,7 @@ def _teacher_run(base: str, bundle: dict[str, Any]) -> dict[str, Any]:
     """The base checkpoint as a bi-encoder over the same windows (the teacher's own quality)."""
     from transformers import AutoModel, AutoTokenizer
 
-    from crossrank.reranker.distill import embed
+    from crossrank.adapters.training.teacher import embed
     from crossrank.reranker.local import pick_device
 
     tokenizer = AutoTokenizer.from_pretrained(base)
@@ -169,8 +169,8 @@ def run(args: argparse.Namespace) -> None:
     Recipes are the outer loop and results are written after each (recipe, collection), so an
     interrupted run keeps what it finished.
     """
-    from crossrank.reranker.distill import label_groups
-    from crossrank.reranker.training import TrainGroup, TrainSettings, train
+    from crossrank.adapters.training.loop import TrainGroup, TrainSettings, train
+    from crossrank.adapters.training.teacher import label_groups
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -254,8 +254,8 @@ def report(args: argparse.Namespace) -> None:
     from ranx import Qrels, Run
     from ranx import evaluate as ranx_evaluate
 
-    from crossrank.adapters._search import fuse_scores
-    from crossrank.adapters.evaluate import load_beir
+    from crossrank.adapters.core.plan import fuse_scores
+    from crossrank.adapters.evaluation import load_beir
     from crossrank.reranker.config import FusionConfig, RerankConfig
 
     fusion = RerankConfig(model="-", fusion=FusionConfig(method="weighted", weight=0.5))
@@ -292,11 +292,11 @@ def report(args: argparse.Namespace) -> None:
 def cli(args: argparse.Namespace) -> None:
     """The same recipe through the real commands, where the judgments are: index, then
     ``crossrank train`` (its defaults) and ``crossrank eval`` of the model it saved."""
+    from crossrank.adapters.cli.evaluate import main as eval_main
+    from crossrank.adapters.cli.train import main as train_main
     from crossrank.adapters.connect import client_for
-    from crossrank.adapters.evaluate import index_collection, load_beir, pick_analyzer
-    from crossrank.adapters.evaluate import main as eval_main
+    from crossrank.adapters.evaluation import index_collection, load_beir, pick_analyzer
     from crossrank.adapters.nodes import EngineNode, EngineSpec
-    from crossrank.adapters.train import main as train_main
 
     out = Path(args.out)
     spec = EngineSpec.parse(args.engine)

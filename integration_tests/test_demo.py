@@ -10,7 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from crossrank.adapters.demo_queries import JUDGED, SHOWCASE
+from crossrank.adapters.cli.demo_queries import JUDGED, SHOWCASE
 
 
 def test_demo_runs_end_to_end(tmp_path: Path) -> None:
@@ -24,7 +24,7 @@ def test_demo_runs_end_to_end(tmp_path: Path) -> None:
         [
             sys.executable,
             "-m",
-            "crossrank.adapters.demo",
+            "crossrank.adapters.cli.demo",
             "--train-steps",
             "2",
             "--window",

@@ -8,17 +8,17 @@ from typing import Any
 
 import pytest
 
-from crossrank.adapters.evaluate import (
+from crossrank.adapters.cli.evaluate import main as eval_main
+from crossrank.adapters.evaluation import (
     evaluate,
     index_collection,
     load_beir,
     pick_analyzer,
     write_outputs,
 )
-from crossrank.adapters.evaluate import main as eval_main
-from crossrank.adapters.train import self_supervised_groups
+from crossrank.adapters.training.loop import TrainSettings, train
+from crossrank.adapters.training.mining import self_supervised_groups
 from crossrank.reranker import LocalScorer, RerankConfig, ScoreRequest
-from crossrank.reranker.training import TrainSettings, train
 
 from .conftest import INDEX, dataset_dir
 from .proxy_support import start_proxy

@@ -6,8 +6,8 @@ import json
 from pathlib import Path
 from typing import Any
 
-from crossrank.adapters.train import main as train_main
-from crossrank.adapters.train import self_supervised_groups
+from crossrank.adapters.cli.train import main as train_main
+from crossrank.adapters.training.mining import self_supervised_groups
 from crossrank.reranker import LocalScorer, RerankConfig, ScoreRequest
 
 from .conftest import INDEX

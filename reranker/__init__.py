@@ -8,19 +8,18 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from .config import FusionConfig, RerankConfig
-from .errors import (
+from crossrank.reranker.config import FusionConfig, RerankConfig
+from crossrank.reranker.errors import (
     CrossrankError,
     ModelLoadError,
     QueryTextError,
     RerankOptionsError,
     ScorerError,
 )
-from .inputs import document_text, extract_query_text
-from .scoring import Scorer, ScoreRequest, ScoreResult
+from crossrank.reranker.scoring import Scorer, ScoreRequest, ScoreResult
 
 if TYPE_CHECKING:
-    from .local import LocalScorer
+    from crossrank.reranker.local import LocalScorer
 
 __all__ = [
     "CrossrankError",
@@ -34,14 +33,12 @@ __all__ = [
     "ScoreResult",
     "Scorer",
     "ScorerError",
-    "document_text",
-    "extract_query_text",
 ]
 
 
 def __getattr__(name: str) -> Any:
     if name == "LocalScorer":
-        from .local import LocalScorer
+        from crossrank.reranker.local import LocalScorer
 
         return LocalScorer
     raise AttributeError(name)

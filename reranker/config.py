@@ -6,7 +6,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from .errors import RerankOptionsError
+from crossrank.reranker.errors import RerankOptionsError
 
 __all__ = ["SCORER_FIELDS", "FusionConfig", "RerankConfig"]
 

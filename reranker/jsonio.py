@@ -16,7 +16,7 @@ import json
 import re
 from typing import Any
 
-from .errors import MalformedInputError
+from crossrank.reranker.errors import MalformedInputError
 
 __all__ = ["MAX_DEPTH", "depth_exceeds", "dumps", "dumps_lines", "loads", "scrub"]
 

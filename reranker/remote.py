@@ -26,9 +26,9 @@ from typing import Any
 
 import httpx
 
-from .config import RerankConfig
-from .errors import ScorerError
-from .scoring import ScoreRequest, ScoreResult
+from crossrank.reranker.config import RerankConfig
+from crossrank.reranker.errors import ScorerError
+from crossrank.reranker.scoring import ScoreRequest, ScoreResult
 
 __all__ = ["Answer", "Balancer", "Call", "RemoteScorer", "Send", "Sleep", "call_flow", "plan"]
 

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 if TYPE_CHECKING:
-    from .config import RerankConfig
+    from crossrank.reranker.config import RerankConfig
 
 __all__ = ["ScoreRequest", "ScoreResult", "Scorer", "make_scorer"]
 
@@ -60,11 +60,11 @@ class Scorer(Protocol):
 def make_scorer(config: RerankConfig) -> Scorer:
     """The scorer a configuration asks for: remote when ``scorer_urls`` is set, else local."""
     if config.scorer_urls:
-        from .remote import RemoteScorer
+        from crossrank.reranker.remote import RemoteScorer
 
         remote: Scorer = RemoteScorer(config)
         return remote
-    from .local import LocalScorer
+    from crossrank.reranker.local import LocalScorer
 
     local: Scorer = LocalScorer(config)
     return local

@@ -9,9 +9,10 @@ from typing import Any
 
 import pytest
 
-from crossrank.adapters import demo
-from crossrank.adapters.demo_queries import JUDGED, SHOWCASE
-from crossrank.adapters.evaluate import ProxySearch, parse_args
+from crossrank.adapters.cli import demo, demo_model
+from crossrank.adapters.cli.demo_queries import JUDGED, SHOWCASE
+from crossrank.adapters.cli.evaluate import parse_args
+from crossrank.adapters.evaluation import ProxySearch
 
 #: the ``crossrank train`` options the demo uses
 TRAIN_OPTIONS = {
@@ -78,14 +79,14 @@ def test_judged_collection_skips_titles_absent_from_the_corpus() -> None:
 def test_cache_key_is_stable_and_changes_with_options_and_corpus(
     docs: list[dict[str, str]],
 ) -> None:
-    plan = demo.TrainPlan(steps=300, max_length=128, analyzer="english")
+    plan = demo_model.TrainPlan(steps=300, max_length=128, analyzer="english")
     key = plan.key(docs)
-    assert key == demo.TrainPlan(300, 128, "english").key(list(docs))
+    assert key == demo_model.TrainPlan(300, 128, "english").key(list(docs))
     others = {
-        demo.TrainPlan(301, 128, "english").key(docs),
-        demo.TrainPlan(300, 256, "english").key(docs),
-        demo.TrainPlan(300, 128, "standard").key(docs),
-        demo.TrainPlan(300, 128, "english", query_field="text").key(docs),
+        demo_model.TrainPlan(301, 128, "english").key(docs),
+        demo_model.TrainPlan(300, 256, "english").key(docs),
+        demo_model.TrainPlan(300, 128, "standard").key(docs),
+        demo_model.TrainPlan(300, 128, "english", query_field="text").key(docs),
         plan.key(docs[:-1]),
         plan.key([{**docs[0], "title": "renamed"}, *docs[1:]]),
     }
@@ -95,11 +96,11 @@ def test_cache_key_is_stable_and_changes_with_options_and_corpus(
 
 
 def test_train_argv_is_a_crossrank_train_command_line(tmp_path: Path) -> None:
-    from crossrank.adapters.train import parser as train_parser
+    from crossrank.adapters.cli.train import parser as train_parser
 
-    argv = demo.TrainPlan(7, 64).argv("http://e:9200", "/base", tmp_path / "out")
+    argv = demo_model.TrainPlan(7, 64).argv("http://e:9200", "/base", tmp_path / "out")
     args = train_parser().parse_args(argv)
-    assert (args.steps, args.max_length, args.index) == (7, 64, demo.INDEX)
+    assert (args.steps, args.max_length, args.index) == (7, 64, demo_model.INDEX)
     assert (args.query_field, args.kinds) == ("title", "sentence")
 
 
@@ -128,14 +129,14 @@ def _hub_unreachable(monkeypatch: pytest.MonkeyPatch, cached: str | None = None)
 
 def test_hub_unreachable_and_not_cached(monkeypatch: pytest.MonkeyPatch) -> None:
     calls = _hub_unreachable(monkeypatch)
-    assert demo.hub_model(timeout=5.0) is None
-    assert calls[0] == ("model_info", demo.HUB_MODEL, 5.0)
-    assert calls[1] == ("snapshot_download", demo.HUB_MODEL, True)  # the cache only
+    assert demo_model.hub_model(timeout=5.0) is None
+    assert calls[0] == ("model_info", demo_model.HUB_MODEL, 5.0)
+    assert calls[1] == ("snapshot_download", demo_model.HUB_MODEL, True)  # the cache only
 
 
 def test_hub_unreachable_but_cached(monkeypatch: pytest.MonkeyPatch) -> None:
     _hub_unreachable(monkeypatch, cached="/hf/cache/snapshot")
-    assert demo.hub_model() == "/hf/cache/snapshot"
+    assert demo_model.hub_model() == "/hf/cache/snapshot"
 
 
 def test_hub_reachable_downloads(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -149,7 +150,7 @@ def test_hub_reachable_downloads(monkeypatch: pytest.MonkeyPatch) -> None:
         return "/hf/downloaded"
 
     monkeypatch.setattr(huggingface_hub, "snapshot_download", snapshot_download)
-    assert demo.hub_model(timeout=3.0) == "/hf/downloaded"
+    assert demo_model.hub_model(timeout=3.0) == "/hf/downloaded"
     assert seen["etag_timeout"] == 3.0 and "model.safetensors" in seen["allow_patterns"]
 
 
@@ -174,35 +175,35 @@ def test_unreachable_hub_trains_locally_then_reuses_the_cache(
 ) -> None:
     _hub_unreachable(monkeypatch)
     trainer = FakeTrainer()
-    plan = demo.TrainPlan(steps=5, max_length=64)
-    first = demo.choose_model(None, "http://e:9200", docs, plan, tmp_path, trainer=trainer)
+    plan = demo_model.TrainPlan(steps=5, max_length=64)
+    first = demo_model.choose_model(None, "http://e:9200", docs, plan, tmp_path, trainer=trainer)
     assert first.source == "trained here"
     assert Path(first.model) == tmp_path / f"stdlib-minilm-l6-selfsup-{plan.key(docs)}"
     assert (Path(first.model) / "config.json").is_file()
     [argv] = trainer.calls
     assert {a for a in argv if a.startswith("--")} <= TRAIN_OPTIONS
     assert argv[argv.index("--engine-url") + 1] == "http://e:9200"
-    assert argv[argv.index("--base") + 1] == str(demo.base_weights())
+    assert argv[argv.index("--base") + 1] == str(demo_model.base_weights())
     assert argv[argv.index("--output") + 1].endswith(".partial")  # moved into place after
-    again = demo.choose_model(None, "http://e:9200", docs, plan, tmp_path, trainer=trainer)
+    again = demo_model.choose_model(None, "http://e:9200", docs, plan, tmp_path, trainer=trainer)
     assert again.model == first.model and again.source == "trained here (cached)"
     assert len(trainer.calls) == 1
-    changed = demo.TrainPlan(steps=6, max_length=64)
-    third = demo.choose_model(None, "http://e:9200", docs, changed, tmp_path, trainer=trainer)
+    changed = demo_model.TrainPlan(steps=6, max_length=64)
+    third = demo_model.choose_model(None, "http://e:9200", docs, changed, tmp_path, trainer=trainer)
     assert third.model != first.model and len(trainer.calls) == 2
 
 
 def test_failed_training_falls_back_to_the_untrained_head(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path, docs: list[dict[str, str]]
 ) -> None:
-    monkeypatch.setattr(demo, "untrained_model", lambda models_dir: models_dir / "untrained")
+    monkeypatch.setattr(demo_model, "untrained_model", lambda models_dir: models_dir / "untrained")
 
     def crashes(argv: list[str]) -> int:
         raise SystemExit(2)  # e.g. argparse rejecting an option
 
     for trainer in (FakeTrainer(status=1), crashes):
-        choice = demo.choose_model(
-            None, "http://e", docs, demo.TrainPlan(5, 64), tmp_path, hub=lambda: None,
+        choice = demo_model.choose_model(
+            None, "http://e", docs, demo_model.TrainPlan(5, 64), tmp_path, hub=lambda: None,
             trainer=trainer,
         )  # fmt: skip
         assert choice.model == str(tmp_path / "untrained")
@@ -217,11 +218,15 @@ def test_model_option_and_reachable_hub_skip_training(
         raise AssertionError("the hub must not be asked when --model is given")
 
     trainer = FakeTrainer()
-    plan = demo.TrainPlan(5, 64)
-    given = demo.choose_model("/my/model", "u", docs, plan, tmp_path, hub=no_hub, trainer=trainer)
+    plan = demo_model.TrainPlan(5, 64)
+    given = demo_model.choose_model(
+        "/my/model", "u", docs, plan, tmp_path, hub=no_hub, trainer=trainer
+    )
     assert given.model == "/my/model"
-    hub = demo.choose_model(None, "u", docs, plan, tmp_path, hub=lambda: "/hf/x", trainer=trainer)
-    assert hub.model == "/hf/x" and hub.source == demo.HUB_MODEL
+    hub = demo_model.choose_model(
+        None, "u", docs, plan, tmp_path, hub=lambda: "/hf/x", trainer=trainer
+    )
+    assert hub.model == "/hf/x" and hub.source == demo_model.HUB_MODEL
     assert trainer.calls == []
 
 

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from conftest import minilm_dir
-from crossrank.reranker.encoding import PairEncoder, prefix_encode, splits_at_spaces
+from crossrank.reranker.local.encoding import PairEncoder, prefix_encode, splits_at_spaces
 
 from .tokenizers_kit import roberta_style, unigram_style
 

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from crossrank.adapters._flow import (
+from crossrank.adapters.core.flow import (
     PASSTHROUGH,
     EngineCall,
     msearch_flow,

@@ -15,8 +15,8 @@ from typing import Any
 import httpx
 import pytest
 
+from crossrank.adapters.cli.proxy import build_settings, parser
 from crossrank.adapters.proxy import ProxySettings, create_app
-from crossrank.adapters.proxy.cli import build_settings, parser
 from crossrank.adapters.proxy.errors import BadRequest
 from crossrank.adapters.proxy.forward import Upstream
 from crossrank.adapters.proxy.routing import check_target, match_route

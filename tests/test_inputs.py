@@ -2,8 +2,9 @@ from __future__ import annotations
 
 import pytest
 
-from crossrank.reranker import QueryTextError, RerankConfig, document_text, extract_query_text
-from crossrank.reranker.inputs import query_text_for
+from crossrank.adapters.core import document_text, extract_query_text
+from crossrank.adapters.core.inputs import query_text_for
+from crossrank.reranker import QueryTextError, RerankConfig
 
 HIT = {
     "_source": {

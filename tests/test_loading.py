@@ -14,9 +14,9 @@ import threading
 import pytest
 
 from crossrank.adapters._client import RerankState
-from crossrank.adapters._flow import run_async, run_sync, search_flow
+from crossrank.adapters.core.flow import run_async, run_sync, search_flow
 from crossrank.reranker import ModelLoadError, RerankConfig
-from crossrank.reranker.loading import ScorerLoader
+from crossrank.reranker.loader import ScorerLoader
 
 from .fakes import OverlapScorer
 from .test_flow import Engine

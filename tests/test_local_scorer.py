@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from crossrank.reranker import LocalScorer, ModelLoadError, RerankConfig, ScoreRequest
-from crossrank.reranker import local as local_module
+from crossrank.reranker.local import model as local_module
+from crossrank.reranker.local.batching import pack
 
 from .tokenizers_kit import tiny_roberta_model
 
@@ -66,7 +67,7 @@ def test_two_label_head_and_sigmoid(tiny_model_dir_2labels: Path) -> None:
 def test_model_without_token_type_ids(tmp_path: Path) -> None:
     path = tiny_roberta_model(tmp_path / "roberta")
     s = scorer(path)
-    assert not s._uses_types and s.encoder.max_length == 128
+    assert not s.loaded.uses_token_types and s.encoder.max_length == 128
     (result,) = s.score([ScoreRequest(QUERY, DOCS[:4])])
     ref = direct_scores(path, QUERY, DOCS[:4], 128)
     assert result.scores == pytest.approx([r[0] for r in ref], abs=1e-5)
@@ -78,7 +79,8 @@ def test_deterministic_and_independent_of_batch_budget(tiny_model_dir: Path) -> 
     requests = [ScoreRequest(QUERY, DOCS), ScoreRequest("heat", DOCS[::-1])]
     first = big.score(requests)
     assert [r.scores for r in big.score(requests)] == [r.scores for r in first]
-    assert len(small._batches(small.encode(requests))) > 1
+    enc = small.encode(requests)
+    assert len(pack([len(ids) for ids in enc.input_ids], 600)) > 1
     for a, b in zip(small.score(requests), first):
         assert a.scores == pytest.approx(b.scores, abs=1e-5)
 
@@ -90,7 +92,10 @@ def test_passages_aggregate_by_max(tiny_model_dir: Path) -> None:
     assert (result.split, result.truncated) == (1, 0)
     enc = s.encode([ScoreRequest(QUERY, [long_doc])])
     rows = s.score_encoded(enc, [ScoreRequest(QUERY, [long_doc])])
-    per_passage = [s._forward(enc, [i])[0] for i in range(len(enc.input_ids))]
+    per_passage = [
+        s.forward(s.pad([enc.input_ids[i]], [enc.token_type_ids[i]]))[0]
+        for i in range(len(enc.input_ids))
+    ]
     assert rows[0].scores[0] == pytest.approx(max(per_passage), abs=1e-5)
     assert result.scores[0] == pytest.approx(max(per_passage), abs=1e-5)
 
@@ -105,10 +110,10 @@ def test_empty_requests_and_async(tiny_model_dir: Path) -> None:
 
 
 def test_device_and_dtype_choice(monkeypatch: pytest.MonkeyPatch) -> None:
-    assert local_module.pick_device("auto") == "cpu"  # no GPU on this machine
-    monkeypatch.setattr(local_module, "_cpu_has_fast_bf16", lambda: True)
+    assert local_module.pick_device("cpu") == "cpu"
+    monkeypatch.setattr(local_module, "cpu_has_fast_bf16", lambda: True)
     assert local_module.pick_dtype("cpu") is torch.bfloat16
-    monkeypatch.setattr(local_module, "_cpu_has_fast_bf16", lambda: False)
+    monkeypatch.setattr(local_module, "cpu_has_fast_bf16", lambda: False)
     assert local_module.pick_dtype("cpu") is torch.float32
     assert local_module.pick_dtype("cpu", "float16") is torch.float16
 
@@ -146,7 +151,7 @@ def test_batches_are_length_sorted_and_under_the_token_budget(tiny_model_dir: Pa
     docs = [" ".join(["flow"] * n) for n in (3, 200, 40, 90, 7, 150, 60)]
     enc = s.encode([ScoreRequest(QUERY, docs)])
     lengths = [len(ids) for ids in enc.input_ids]
-    batches = s._batches(enc)
+    batches = pack(lengths, s.config.batch_tokens)
     assert sorted(r for b in batches for r in b) == list(range(len(docs)))
     order = [lengths[r] for b in batches for r in b]
     assert order == sorted(order, reverse=True)

@@ -9,7 +9,15 @@ from pathlib import Path
 import pytest
 
 from crossrank.adapters import nodes
-from crossrank.adapters.nodes import EngineSpec, EngineStartError, find_java, java_major
+from crossrank.adapters.cli import nodes as cli_nodes
+from crossrank.adapters.nodes import (
+    EngineSpec,
+    EngineStartError,
+    artifacts,
+    find_java,
+    java_major,
+    runner,
+)
 
 
 def test_parse_spec() -> None:
@@ -120,7 +128,7 @@ def test_fetch_uses_cache_without_mvn(tmp_path: Path, monkeypatch: pytest.Monkey
     cached = tmp_path / spec.zip_name
     with zipfile.ZipFile(cached, "w") as zf:
         zf.writestr("opensearch-2.19.6/README", "x")
-    monkeypatch.setattr(nodes.shutil, "which", lambda _name: None)
+    monkeypatch.setattr(artifacts.shutil, "which", lambda _name: None)
     assert nodes.fetch(spec, tmp_path) == cached
     monkeypatch.setenv("CROSSRANK_ENGINE_CACHE", str(tmp_path))
     assert nodes.fetch(spec) == cached
@@ -137,13 +145,13 @@ def test_unzip_keeps_modes(tmp_path: Path) -> None:
         info = zipfile.ZipInfo("top/config/x.yml")
         info.external_attr = (stat.S_IFREG | 0o640) << 16
         zf.writestr(info, "a: 1\n")
-    nodes._unzip(archive, tmp_path / "out")
+    runner._unzip(archive, tmp_path / "out")
     assert stat.S_IMODE((tmp_path / "out/top/bin/run").stat().st_mode) == 0o755
     assert stat.S_IMODE((tmp_path / "out/top/config/x.yml").stat().st_mode) == 0o640
 
 
 def test_free_ports_are_distinct() -> None:
-    ports = {nodes._free_port() for _ in range(20)}
+    ports = {runner._free_port() for _ in range(20)}
     assert len(ports) == 20
 
 
@@ -158,6 +166,6 @@ def test_node_url_before_start() -> None:
 
 def test_cli_rejects_bad_spec(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as exc:
-        nodes.main(["fetch", "solr:1.0.0"])
+        cli_nodes.main(["fetch", "solr:1.0.0"])
     assert exc.value.code == 2
     assert "unknown engine kind" in capsys.readouterr().err

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
+from crossrank.adapters.core.filtering import SourceFilter, filter_path, parse_source
 from crossrank.adapters.proxy.control import ConfigResolver, extract_control, resolve_path
 from crossrank.adapters.proxy.errors import BadRequest, error_for
-from crossrank.adapters.proxy.filtering import SourceFilter, filter_path, parse_source
 from crossrank.adapters.proxy.routing import Route, match_route
 from crossrank.adapters.proxy.settings import IndexRule, ProxySettings, load_rules
 from crossrank.reranker import RerankConfig

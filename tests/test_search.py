@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from crossrank.adapters._search import RERANK_KEY, finish_search, plan_search
+from crossrank.adapters.core.plan import RERANK_KEY, finish_search, plan_search
 from crossrank.reranker import FusionConfig, RerankConfig, ScoreResult
 
 QUERY = {"match": {"text": "q"}}

@@ -7,9 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from crossrank.adapters.train import parser, pseudo_queries, sentences, settings_for
-from crossrank.reranker.distill import label_groups
-from crossrank.reranker.training import TrainGroup
+from crossrank.adapters.cli.train import parser, settings_for
+from crossrank.adapters.training.loop import TrainGroup
+from crossrank.adapters.training.mining import pseudo_queries, sentences
+from crossrank.adapters.training.teacher import label_groups
 
 TEXT = (
     "flow over a wing . the lift of a thin wing in a slipstream was measured at several "

@@ -13,11 +13,11 @@ import httpx
 import numpy as np
 import pytest
 
+from crossrank.adapters.cli.serve import main, parse_args
 from crossrank.reranker import LocalScorer, RerankConfig, ScoreRequest
 from crossrank.reranker.errors import ModelLoadError, OverloadedError
 from crossrank.reranker.service import ServeSettings, create_app, load_backends
 from crossrank.reranker.service import app as app_module
-from crossrank.reranker.service.cli import main, parse_args
 from crossrank.reranker.service.protocol import sigmoid
 from crossrank.reranker.service.queue import PairQueue, Reply, Row, pack
 
@@ -403,7 +403,7 @@ async def test_queue_admission_and_dropped_rows() -> None:
     q.release(3)
     q.reserve(10)  # alone in an empty queue: admitted even over the limit
     loop = asyncio.get_running_loop()
-    from crossrank.reranker.encoding import EncodedPairs
+    from crossrank.reranker.local.encoding import EncodedPairs
 
     ids = [np.zeros(3, dtype=np.int64)] * 2
     enc = EncodedPairs(ids, ids, [(0, 0), (0, 1)], [0], [0], [False])

@@ -8,8 +8,8 @@ from typing import Any
 import pytest
 import torch
 
+from crossrank.adapters.training.loop import TrainGroup, TrainSettings, train
 from crossrank.reranker import LocalScorer, RerankConfig, ScoreRequest
-from crossrank.reranker.training import TrainGroup, TrainSettings, train
 
 TOPICS = [
     "supersonic flow",

@@ -9,7 +9,7 @@ the middleware stack), :mod:`.cli`.
 
 from __future__ import annotations
 
-from .app import create_app
-from .settings import IndexRule, ProxySettings, load_rules
+from crossrank.adapters.proxy.app import create_app
+from crossrank.adapters.proxy.settings import IndexRule, ProxySettings, load_rules
 
 __all__ = ["IndexRule", "ProxySettings", "create_app", "load_rules"]

@@ -19,18 +19,30 @@ from typing import Any, cast
 import httpx
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from crossrank.adapters.proxy.control import ConfigResolver
+from crossrank.adapters.proxy.errors import (
+    BadRequest,
+    BodyTooLarge,
+    ProxyError,
+    Unauthorized,
+    error_for,
+)
+from crossrank.adapters.proxy.forward import (
+    Headers,
+    Upstream,
+    client_headers,
+    header,
+    relay_raw,
+    response_headers,
+)
+from crossrank.adapters.proxy.metrics import ProxyMetrics, Timer, log_event
+from crossrank.adapters.proxy.routing import OWN_PREFIX, PROBES, Route, match_route
+from crossrank.adapters.proxy.scorers import ScorerFactory, Scorers, load_factory
+from crossrank.adapters.proxy.search import Incoming, Outgoing, SearchHandler
+from crossrank.adapters.proxy.settings import ProxySettings
 from crossrank.reranker.config import RerankConfig
 from crossrank.reranker.errors import CrossrankError, MalformedInputError
 from crossrank.reranker.jsonio import dumps, loads
-
-from .control import ConfigResolver
-from .errors import BadRequest, BodyTooLarge, ProxyError, Unauthorized, error_for
-from .forward import Headers, Upstream, client_headers, header, relay_raw, response_headers
-from .metrics import ProxyMetrics, Timer, log_event
-from .routing import OWN_PREFIX, PROBES, Route, match_route
-from .scorers import ScorerFactory, Scorers, load_factory
-from .search import Incoming, Outgoing, SearchHandler
-from .settings import ProxySettings
 
 __all__ = ["AccessLog", "ProxyApp", "TokenGuard", "create_app"]
 

@@ -20,12 +20,11 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from crossrank.adapters._search import count_param, page_of
+from crossrank.adapters.core.plan import count_param, page_of
+from crossrank.adapters.proxy.errors import BadRequest
+from crossrank.adapters.proxy.settings import IndexRule
 from crossrank.reranker.config import RerankConfig
 from crossrank.reranker.errors import RerankOptionsError
-
-from .errors import BadRequest
-from .settings import IndexRule
 
 __all__ = ["ConfigResolver", "Control", "extract_control", "resolve_path"]
 

@@ -13,8 +13,8 @@ from typing import Any
 
 import httpx
 
-from .errors import BadRequest, UpstreamError
-from .settings import ProxySettings
+from crossrank.adapters.proxy.errors import BadRequest, UpstreamError
+from crossrank.adapters.proxy.settings import ProxySettings
 
 __all__ = ["HOP_BY_HOP", "Upstream", "client_headers", "response_headers", "ssl_context"]
 

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from typing import Literal
 from urllib.parse import unquote
 
-from .errors import BadRequest
+from crossrank.adapters.proxy.errors import BadRequest
 
 __all__ = ["OWN_PREFIX", "PROBES", "Route", "check_target", "match_route"]
 

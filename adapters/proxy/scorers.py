@@ -1,6 +1,6 @@
 """The proxy's scorers: one per distinct scorer configuration, loaded off the event loop.
 
-Each is loaded through a :class:`~crossrank.reranker.loading.ScorerLoader`: a search waits
+Each is loaded through a :class:`~crossrank.reranker.loader.ScorerLoader`: a search waits
 for a loading model at most its budget (and ``load_timeout``), a failed load is remembered
 and retried after a back-off, never once per search. :class:`BudgetScorer` is what a
 request scores with: it fetches its config's scorer and bounds the whole call by the
@@ -18,13 +18,12 @@ import logging
 from collections.abc import Callable, Sequence
 from typing import cast
 
+from crossrank.adapters.proxy.metrics import ProxyMetrics, Timer, log_event
+from crossrank.adapters.proxy.settings import scorer_key
 from crossrank.reranker.config import RerankConfig
 from crossrank.reranker.errors import ScorerError, ScorerTimeoutError
-from crossrank.reranker.loading import ScorerLoader
+from crossrank.reranker.loader import ScorerLoader
 from crossrank.reranker.scoring import Scorer, ScoreRequest, ScoreResult, make_scorer
-
-from .metrics import ProxyMetrics, Timer, log_event
-from .settings import scorer_key
 
 __all__ = ["BudgetScorer", "ScorerFactory", "Scorers", "load_factory"]
 
@@ -137,7 +136,8 @@ class BudgetScorer:
 
     async def _score(self, requests: Sequence[ScoreRequest]) -> list[ScoreResult]:
         scorer = await self.scorers.get(self.config, self.budget_s)
-        return cast(list[ScoreResult], await scorer.ascore(requests))
+        results: list[ScoreResult] = await scorer.ascore(requests)
+        return results
 
     async def ascore(self, requests: Sequence[ScoreRequest]) -> list[ScoreResult]:
         timer = Timer()

@@ -19,7 +19,8 @@ from urllib.parse import parse_qsl, urlencode
 
 import httpx
 
-from crossrank.adapters._flow import (
+from crossrank.adapters.core.filtering import filter_path
+from crossrank.adapters.core.flow import (
     PASSTHROUGH,
     EngineCall,
     msearch_flow,
@@ -27,18 +28,23 @@ from crossrank.adapters._flow import (
     run_async,
     search_flow,
 )
+from crossrank.adapters.proxy.control import ConfigResolver, Control, extract_control
+from crossrank.adapters.proxy.errors import BadRequest
+from crossrank.adapters.proxy.forward import (
+    Headers,
+    Upstream,
+    client_headers,
+    header,
+    relay_raw,
+    response_headers,
+)
+from crossrank.adapters.proxy.metrics import ProxyMetrics, Timer
+from crossrank.adapters.proxy.routing import Route
+from crossrank.adapters.proxy.scorers import BudgetScorer, Scorers
+from crossrank.adapters.proxy.settings import ProxySettings, scorer_key
 from crossrank.reranker.config import RerankConfig
 from crossrank.reranker.errors import MalformedInputError, RerankOptionsError
 from crossrank.reranker.jsonio import dumps, dumps_lines, loads
-
-from .control import ConfigResolver, Control, extract_control
-from .errors import BadRequest
-from .filtering import filter_path
-from .forward import Headers, Upstream, client_headers, header, relay_raw, response_headers
-from .metrics import ProxyMetrics, Timer
-from .routing import Route
-from .scorers import BudgetScorer, Scorers
-from .settings import ProxySettings, scorer_key
 
 __all__ = ["Incoming", "Outgoing", "SearchHandler"]
 

@@ -9,7 +9,7 @@ Modules in the order data flows: :mod:`.app` (HTTP: routes, auth, limits, discon
 
 from __future__ import annotations
 
-from .app import create_app, load_backends
-from .settings import ServeSettings
+from crossrank.reranker.service.app import create_app, load_backends
+from crossrank.reranker.service.settings import ServeSettings
 
 __all__ = ["ServeSettings", "create_app", "load_backends"]

@@ -18,19 +18,25 @@ from fastapi import FastAPI, Request
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import JSONResponse, Response
 
-from .. import jsonio
-from ..errors import (
+from crossrank.reranker import jsonio
+from crossrank.reranker.errors import (
     ClientDisconnectedError,
     InvalidRequestError,
     ModelLoadError,
     PayloadTooLargeError,
     UnauthorizedError,
 )
-from .backend import ModelBackend
-from .batcher import Batcher
-from .metrics import CONTENT_TYPE, ServiceMetrics
-from .protocol import Job, Limits, error_response, parse_cohere, parse_rerank
-from .settings import ServeSettings
+from crossrank.reranker.service.backend import ModelBackend
+from crossrank.reranker.service.batcher import Batcher
+from crossrank.reranker.service.metrics import CONTENT_TYPE, ServiceMetrics
+from crossrank.reranker.service.protocol import (
+    Job,
+    Limits,
+    error_response,
+    parse_cohere,
+    parse_rerank,
+)
+from crossrank.reranker.service.settings import ServeSettings
 
 __all__ = ["create_app", "load_backends"]
 

@@ -7,11 +7,11 @@ from typing import Any
 
 import numpy as np
 
-from ..config import RerankConfig
-from ..encoding import EncodedPairs
-from ..local import LocalScorer, PaddedBatch
-from ..scoring import ScoreRequest, ScoreResult
-from .queue import Row
+from crossrank.reranker.config import RerankConfig
+from crossrank.reranker.local import LocalScorer, PaddedBatch
+from crossrank.reranker.local.encoding import EncodedPairs
+from crossrank.reranker.scoring import ScoreRequest, ScoreResult
+from crossrank.reranker.service.queue import Row
 
 __all__ = ["ModelBackend"]
 
@@ -45,14 +45,5 @@ class ModelBackend:
         return results
 
     def info(self) -> dict[str, Any]:
-        """What ``/info`` reports about this model: its served name, never its path."""
-        s = self.scorer
-        return {
-            "name": self.name,
-            "device": s.device,
-            "dtype": str(s.dtype).removeprefix("torch."),
-            "num_labels": s.num_labels,
-            "max_length": s.encoder.max_length,
-            "max_query_tokens": s.encoder.max_query_tokens,
-            "long_documents": s.config.long_documents,
-        }
+        """What ``/info`` reports about this model (never its path)."""
+        return {"name": self.name, **self.scorer.describe()}

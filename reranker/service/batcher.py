@@ -13,12 +13,12 @@ import time
 from collections.abc import Sequence
 from concurrent.futures import Executor
 
-from ..errors import ScorerError
-from ..local import PaddedBatch
-from ..scoring import ScoreRequest, ScoreResult
-from .backend import ModelBackend
-from .metrics import ServiceMetrics
-from .queue import PairQueue, Reply, Row
+from crossrank.reranker.errors import ScorerError
+from crossrank.reranker.local import PaddedBatch
+from crossrank.reranker.scoring import ScoreRequest, ScoreResult
+from crossrank.reranker.service.backend import ModelBackend
+from crossrank.reranker.service.metrics import ServiceMetrics
+from crossrank.reranker.service.queue import PairQueue, Reply, Row
 
 __all__ = ["Batcher"]
 

@@ -32,7 +32,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from ..errors import (
+from crossrank.reranker.errors import (
     ClientDisconnectedError,
     InvalidRequestError,
     MalformedInputError,
@@ -42,8 +42,8 @@ from ..errors import (
     UnauthorizedError,
     public_reason,
 )
-from ..scoring import ScoreRequest, ScoreResult
-from .settings import ServeSettings
+from crossrank.reranker.scoring import ScoreRequest, ScoreResult
+from crossrank.reranker.service.settings import ServeSettings
 
 __all__ = ["Job", "Limits", "error_response", "parse_cohere", "parse_rerank", "sigmoid"]
 

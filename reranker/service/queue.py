@@ -16,9 +16,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..encoding import EncodedPairs, Ids
-from ..errors import OverloadedError
-from ..scoring import ScoreRequest, ScoreResult
+from crossrank.reranker.errors import OverloadedError
+from crossrank.reranker.local.batching import pack as batches
+from crossrank.reranker.local.encoding import EncodedPairs, Ids
+from crossrank.reranker.scoring import ScoreRequest, ScoreResult
 
 __all__ = ["PairQueue", "Reply", "Row", "pack"]
 
@@ -76,15 +77,13 @@ class Row:
 
 
 def pack(window: Sequence[Row], budget: int) -> tuple[list[Row], list[Row]]:
-    """Split ``window`` into one batch (longest first, rows x width <= ``budget``; at least
-    one row) and the rest, which keeps its original order."""
-    order = sorted(range(len(window)), key=lambda i: -len(window[i]))
-    width = len(window[order[0]]) if order else 0
-    take = max(1, min(len(order), budget // max(width, 1)))
-    chosen = set(order[:take])
-    batch = [window[i] for i in order[:take]]
-    rest = [row for i, row in enumerate(window) if i not in chosen]
-    return batch, rest
+    """Split ``window`` into its first batch by the local scorer's rule
+    (:func:`~crossrank.reranker.local.batching.pack`) and the rest, in its original order."""
+    if not window:
+        return [], []
+    first = batches([len(row) for row in window], budget)[0]
+    chosen = set(first)
+    return [window[i] for i in first], [row for i, row in enumerate(window) if i not in chosen]
 
 
 class PairQueue:

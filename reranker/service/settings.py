@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from ..config import RerankConfig
+from crossrank.reranker.config import RerankConfig
 
 __all__ = ["ServeSettings"]
 

@@ -15,9 +15,9 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
-from ..config import RerankConfig
-from ..errors import CrossrankError
-from .settings import ServeSettings
+from crossrank.reranker.config import RerankConfig
+from crossrank.reranker.errors import CrossrankError
+from crossrank.reranker.service.settings import ServeSettings
 
 __all__ = ["main", "parse_args", "parser"]
 
@@ -117,7 +117,7 @@ def main(argv: Sequence[str]) -> int:
         return 2
     import uvicorn
 
-    from .app import create_app
+    from crossrank.reranker.service.app import create_app
 
     level = getattr(logging, str(parser().parse_known_args(argv)[0].log_level).upper(), 20)
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")

@@ -16,8 +16,8 @@ import time
 from collections.abc import Callable
 from typing import Literal
 
-from .errors import ModelLoadError
-from .scoring import Scorer
+from crossrank.reranker.errors import ModelLoadError
+from crossrank.reranker.scoring import Scorer
 
 __all__ = ["LoadState", "ScorerLoader"]
 

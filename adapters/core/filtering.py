@@ -3,7 +3,7 @@
 :func:`filter_path` follows the engines' ``filter_path`` parameter: comma-separated dotted
 paths, ``*`` within a name, ``**`` across levels, arrays transparent, ``-path`` exclusions
 (applied first, then the inclusions); objects left empty by an inclusion are dropped.
-:class:`SourceFilter` (``_source`` filtering) lives in the core, ``crossrank.adapters._source``,
+:class:`SourceFilter` (``_source`` filtering) lives in the core, ``crossrank.adapters.core.source``,
 and is re-exported here. Pure functions over JSON values.
 """
 
@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from crossrank.adapters._source import DROP, SourceFilter, matches, parse_source
+from crossrank.adapters.core.source import DROP, SourceFilter, matches, parse_source
 
 __all__ = ["SourceFilter", "filter_path", "parse_source"]
 

@@ -10,9 +10,9 @@ import re
 from collections.abc import Iterator, Mapping
 from typing import Any
 
-from .config import RerankConfig
-from .errors import QueryTextError
-from .jsonio import scrub
+from crossrank.reranker.config import RerankConfig
+from crossrank.reranker.errors import QueryTextError
+from crossrank.reranker.jsonio import scrub
 
 __all__ = ["DocumentText", "document_text", "extract_query_text", "query_text_for"]
 

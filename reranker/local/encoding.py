@@ -47,7 +47,7 @@ from typing import Any, Literal
 import numpy as np
 import numpy.typing as npt
 
-from .jsonio import scrub
+from crossrank.reranker.jsonio import scrub
 
 __all__ = ["EncodedPairs", "PairEncoder", "PairTemplate", "prefix_encode", "splits_at_spaces"]
 

@@ -13,12 +13,12 @@ from collections.abc import Callable, Sequence
 
 #: subcommand → (module with ``main(argv)``, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
-    "eval": ("crossrank.adapters.evaluate", "BM25 vs reranked vs fused on a BEIR collection"),
-    "train": ("crossrank.adapters.train", "fine-tune a cross-encoder for your index"),
-    "demo": ("crossrank.adapters.demo", "real engine, sample corpus, BM25 vs reranked"),
-    "nodes": ("crossrank.adapters.nodes", "fetch or run Elasticsearch/OpenSearch nodes"),
-    "serve": ("crossrank.reranker.service.cli", "run the batching scorer service"),
-    "proxy": ("crossrank.adapters.proxy.cli", "run the reranking search proxy"),
+    "eval": ("crossrank.adapters.cli.evaluate", "BM25 vs reranked vs fused on a BEIR collection"),
+    "train": ("crossrank.adapters.cli.train", "fine-tune a cross-encoder for your index"),
+    "demo": ("crossrank.adapters.cli.demo", "real engine, sample corpus, BM25 vs reranked"),
+    "nodes": ("crossrank.adapters.cli.nodes", "fetch or run Elasticsearch/OpenSearch nodes"),
+    "serve": ("crossrank.adapters.cli.serve", "run the batching scorer service"),
+    "proxy": ("crossrank.adapters.cli.proxy", "run the reranking search proxy"),
 }
 
 

@@ -184,7 +184,7 @@ def train(
     )
     from transformers.utils import logging as hf_logging
 
-    from .local import pick_device, pick_dtype
+    from crossrank.reranker.local import pick_device, pick_dtype
 
     if not groups:
         raise ValueError("no training groups")

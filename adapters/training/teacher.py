@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from dataclasses import replace
 from typing import Any
 
-from .training import TrainGroup
+from crossrank.adapters.training.loop import TrainGroup
 
 __all__ = ["embed", "label_groups"]
 
@@ -65,7 +65,7 @@ def label_groups(
     import torch
     from transformers import AutoModel, AutoTokenizer
 
-    from .local import pick_device
+    from crossrank.reranker.local import pick_device
 
     dev = pick_device(device)
     tokenizer = AutoTokenizer.from_pretrained(base)

@@ -25,11 +25,10 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from crossrank.adapters.proxy.metrics import JsonFormatter
+from crossrank.adapters.proxy.settings import ProxySettings, load_rules
 from crossrank.reranker.config import RerankConfig
 from crossrank.reranker.errors import CrossrankError
-
-from .metrics import JsonFormatter
-from .settings import ProxySettings, load_rules
 
 __all__ = ["build_settings", "main", "parser"]
 
@@ -169,7 +168,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     import uvicorn
 
-    from .app import create_app
+    from crossrank.adapters.proxy.app import create_app
 
     try:
         app = create_app(settings)

@@ -15,12 +15,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from crossrank.adapters.core.inputs import document_text, query_text_for
+from crossrank.adapters.core.source import SOURCE_PARAMS, SourceFilter, parse_source
 from crossrank.reranker.config import RerankConfig
 from crossrank.reranker.errors import RerankOptionsError
-from crossrank.reranker.inputs import document_text, query_text_for
 from crossrank.reranker.scoring import ScoreRequest, ScoreResult
-
-from ._source import SOURCE_PARAMS, SourceFilter, parse_source
 
 __all__ = [
     "DEFAULT_SIZE",

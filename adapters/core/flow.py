@@ -14,6 +14,13 @@ from collections.abc import Awaitable, Callable, Generator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from crossrank.adapters.core.plan import (
+    SearchPlan,
+    error_item,
+    fallback_response,
+    finish_search,
+    plan_search,
+)
 from crossrank.reranker.config import RerankConfig
 from crossrank.reranker.errors import (
     MalformedInputError,
@@ -24,8 +31,6 @@ from crossrank.reranker.errors import (
 )
 from crossrank.reranker.jsonio import MAX_DEPTH, loads
 from crossrank.reranker.scoring import Scorer, ScoreRequest, ScoreResult
-
-from ._search import SearchPlan, error_item, fallback_response, finish_search, plan_search
 
 __all__ = [
     "PASSTHROUGH",
