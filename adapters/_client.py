@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Sequence
 from typing import Any, TypeAlias
 
@@ -184,33 +185,66 @@ class RerankingClient:
         return flow, self._calls(method, kwargs, rest)
 
 
+def as_keywords(method: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, Any]:
+    """The call's arguments as keywords, accepted exactly as the official ``method`` accepts
+    them: positional ones only where its signature has positional parameters (opensearch-py
+    2's ``search(body, index)``); otherwise the ``TypeError`` Python would raise."""
+    if not args:
+        return kwargs
+    positional = [
+        p.name
+        for p in inspect.signature(method).parameters.values()
+        if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD) and p.name != "self"
+    ]
+    name = getattr(method, "__name__", "search")
+    if len(args) > len(positional):
+        raise TypeError(
+            f"{name}() takes {len(positional) + 1} positional arguments but "
+            f"{len(args) + 1} were given"
+        )
+    out = dict(kwargs)
+    for param, value in zip(positional, args):
+        if param in out:
+            raise TypeError(f"{name}() got multiple values for argument '{param}'")
+        out[param] = value
+    return out
+
+
 class SyncReranking(RerankingClient):
     """Mixin for a sync client class: ``rerank=``/``scorer=`` and reranking search/msearch.
 
     Place it before the official client class; ``super()`` reaches the client's own methods.
     """
 
-    def search(self, *, rerank: RerankOption = None, **kwargs: Any) -> Any:
+    def search(self, *args: Any, rerank: RerankOption = None, **kwargs: Any) -> Any:
         """The client's ``search``, reranked: ``rerank=False`` turns it off for this call,
         a dict of :class:`RerankConfig` options overrides the client's for this call."""
-        flow, calls = self._search_flow(super().search, rerank, kwargs)  # type: ignore[misc]
+        method = super().search  # type: ignore[misc]
+        kwargs = as_keywords(method, args, kwargs)
+        flow, calls = self._search_flow(method, rerank, kwargs)
         return calls.result(run_sync(flow, calls.sync, self._rerank))
 
-    def msearch(self, *, rerank: RerankOption = None, **kwargs: Any) -> Any:
+    def msearch(self, *args: Any, rerank: RerankOption = None, **kwargs: Any) -> Any:
         """The client's ``msearch``, reranked; the pairs of all items are scored together."""
-        flow, calls = self._msearch_flow(super().msearch, rerank, kwargs)  # type: ignore[misc]
+        method = super().msearch  # type: ignore[misc]
+        kwargs = as_keywords(method, args, kwargs)
+        flow, calls = self._msearch_flow(method, rerank, kwargs)
         return calls.result(run_sync(flow, calls.sync, self._rerank))
 
 
 class AsyncReranking(RerankingClient):
     """Mixin for an async client class; the async twin of :class:`SyncReranking`."""
 
-    async def search(self, *, rerank: RerankOption = None, **kwargs: Any) -> Any:
+    async def search(self, *args: Any, rerank: RerankOption = None, **kwargs: Any) -> Any:
         """The client's ``search``, reranked (see :meth:`SyncReranking.search`)."""
-        flow, calls = self._search_flow(super().search, rerank, kwargs)  # type: ignore[misc]
+        method = super().search  # type: ignore[misc]
+        kwargs = as_keywords(method, args, kwargs)
+        flow, calls = self._search_flow(method, rerank, kwargs)
         return calls.result(await run_async(flow, calls.async_, self._rerank))
 
-    async def msearch(self, *, rerank: RerankOption = None, **kwargs: Any) -> Any:
+    async def msearch(self, *args: Any, rerank: RerankOption = None, **kwargs: Any) -> Any:
         """The client's ``msearch``, reranked; the pairs of all items are scored together."""
-        flow, calls = self._msearch_flow(super().msearch, rerank, kwargs)  # type: ignore[misc]
+        method = super().msearch  # type: ignore[misc]
+        kwargs = as_keywords(method, args, kwargs)
+        flow, calls = self._msearch_flow(method, rerank, kwargs)
         return calls.result(await run_async(flow, calls.async_, self._rerank))

@@ -5,7 +5,9 @@ Constructed like the originals, plus ``rerank=`` (a :class:`RerankConfig` or dic
 Every method passes through unchanged except ``search`` and ``msearch``, which take an extra
 ``rerank=`` per call (``False`` to switch off, or a dict of options) and rerank.
 ``size``, ``from_``, ``q`` and ``sort`` keyword arguments are URL parameters, as in
-opensearch-py; a body may also be given as keyword arguments (``query=``, ``aggs=``, ...).
+opensearch-py. Arguments are accepted exactly as the installed opensearch-py accepts them:
+``body``/``index`` positionally where its ``search`` takes them so (opensearch-py 2), body
+fields only inside ``body`` (``query=`` is a ``TypeError`` there, as in opensearch-py).
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from crossrank.adapters._client import AsyncReranking, EngineCalls, RerankingCli
 
 __all__ = ["AsyncOpenSearch", "OpenSearch"]
 
-# Keyword arguments opensearch-py does not know as URL parameters, sent in the body instead.
+# Body fields opensearch-py takes only inside ``body``: as keywords they are its TypeError.
 _BODY_KWARGS = frozenset(
     {
         "query",
@@ -39,7 +41,6 @@ _BODY_KWARGS = frozenset(
         "runtime_mappings",
         "indices_boost",
         "knn",
-        "track_scores",
     }
 )
 # URL parameters reranking reads, by opensearch-py keyword and engine name.
@@ -58,10 +59,10 @@ _URL_PARAMS = {
 
 def _split_search(kwargs: dict[str, Any]) -> tuple[Any, dict[str, Any], dict[str, Any]]:
     rest = dict(kwargs)
+    for name in rest:
+        if name in _BODY_KWARGS:  # refused before any planning, as opensearch-py refuses it
+            raise TypeError(f"search() got an unexpected keyword argument '{name}'")
     body = dict(rest.pop("body", None) or {})
-    for name in list(rest):
-        if name in _BODY_KWARGS:
-            body[name] = rest.pop(name)
     given = dict(rest.get("params") or {})
     params = {_URL_PARAMS[k]: v for k, v in {**given, **rest}.items() if k in _URL_PARAMS}
     return body, params, rest

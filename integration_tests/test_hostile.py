@@ -166,7 +166,7 @@ def test_stored_lone_surrogate_is_searchable_everywhere(
     ms = _post(guarded, "/_msearch", lines)
     assert ms.status_code == 200 and [r["status"] for r in ms.json()["responses"]] == [200, 200]
     client = engine.client(rerank={"fields": ["title", "text"]}, scorer=_overlap())
-    out = client.search(index=hostile_index, query=QUERY["query"])
+    out = client.search(index=hostile_index, body={"query": QUERY["query"]})
     assert len(out["hits"]["hits"]) == 2 and out["_rerank"]["reranked"] == 2
 
 
@@ -337,7 +337,7 @@ def test_wrapper_with_an_unreachable_hub_model_falls_back_without_retrying(engin
     config = {"model": "crossrank-tests/no-such-model", "fields": ["title", "text"],
               "load_timeout": 1.0}  # fmt: skip
     client = engine.client(rerank=config)
-    results = [client.search(index=INDEX, query=QUERY["query"]) for _ in range(3)]
+    results = [client.search(index=INDEX, body={"query": QUERY["query"]}) for _ in range(3)]
     for out in results:
         meta = out["_rerank"]
         assert meta["fallback"] is True, meta

@@ -1,4 +1,15 @@
-"""The one configuration model shared by the client wrappers, the proxy and the scorer."""
+"""The one configuration shared by the client wrappers, the proxy and the scorers.
+
+It has two halves, also usable on their own:
+
+- :class:`ScorerOptions`: how pairs are encoded and scored (model, device, token budget,
+  cache, remote scorer). Fixed per scorer: a search cannot change them.
+- :class:`RequestOptions`: what one search reranks and returns (document fields, query
+  text, window, threshold, fusion, failure handling). Any search may change them.
+
+:class:`RerankConfig` is both, as every existing ``RerankConfig(...)`` call expects;
+:meth:`RerankConfig.with_options` applies a search's options and refuses scorer options.
+"""
 
 from __future__ import annotations
 
@@ -8,33 +19,14 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from crossrank.reranker.errors import RerankOptionsError
 
-__all__ = ["SCORER_FIELDS", "FusionConfig", "RerankConfig"]
-
-#: Settings that belong to the scorer (how pairs are encoded and scored), fixed per scorer.
-SCORER_FIELDS = frozenset(
-    {
-        "model",
-        "device",
-        "dtype",
-        "sigmoid",
-        "max_query_tokens",
-        "max_query_chars",
-        "max_length",
-        "long_documents",
-        "passage_overlap",
-        "max_passages",
-        "batch_tokens",
-        "cache_size",
-        "cache_bytes",
-        "load_timeout",
-        "scorer_urls",
-        "scorer_format",
-        "scorer_api_key",
-        "scorer_connect_timeout",
-        "scorer_timeout",
-        "scorer_retries",
-    }
-)
+__all__ = [
+    "REQUEST_FIELDS",
+    "SCORER_FIELDS",
+    "FusionConfig",
+    "RequestOptions",
+    "RerankConfig",
+    "ScorerOptions",
+]
 
 
 class FusionConfig(BaseModel):
@@ -53,28 +45,16 @@ class FusionConfig(BaseModel):
     rank_constant: int = Field(60, ge=1)
 
 
-class RerankConfig(BaseModel):
-    """How hits are turned into cross-encoder inputs, scored and re-ordered.
-
-    Document side: ``fields`` (names or dotted paths; arrays are joined) or a ``template``
-    such as ``"{title}\\n{body}"``, read from the hit's ``_source``, ``fields`` or
-    ``highlight`` (``source``). Query side: ``query_text`` or extracted from the query.
-    """
+class ScorerOptions(BaseModel):
+    """How (query, document) pairs are encoded and scored; fixed per scorer."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    enabled: bool = True
     # model
     model: str = "cross-encoder/ms-marco-MiniLM-L6-v2"
     device: str = "auto"
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
     sigmoid: bool = False
-    # inputs
-    fields: tuple[str, ...] = ("title", "text")
-    template: str | None = None
-    source: Literal["_source", "fields", "highlight"] = "_source"
-    field_separator: str = "\n"
-    query_text: str | None = None
     # truncation; a query text longer than ``max_query_chars`` is refused (400), not cut
     max_query_tokens: int = Field(64, ge=1)
     max_query_chars: int = Field(8192, ge=1)
@@ -89,12 +69,6 @@ class RerankConfig(BaseModel):
     # seconds a search waits for the model to load; the load goes on in the background,
     # the search answers in engine order (flagged), a failed load is retried after a back-off
     load_timeout: float = Field(10.0, ge=0)
-    # window and output
-    window: int = Field(100, ge=1, le=10_000)
-    min_score: float | None = None
-    fusion: FusionConfig | None = None
-    # failure handling: engine order, flagged, or the error raised to the caller
-    on_scorer_error: Literal["fallback", "raise"] = "fallback"
     # remote scorer: when ``scorer_urls`` is set, pairs are scored over HTTP instead of locally
     scorer_urls: tuple[str, ...] = ()
     scorer_format: Literal["crossrank", "tei", "cohere", "jina"] = "crossrank"
@@ -103,18 +77,66 @@ class RerankConfig(BaseModel):
     scorer_timeout: float = Field(10.0, gt=0)
     scorer_retries: int = Field(2, ge=0)
 
+
+class RequestOptions(BaseModel):
+    """What one search reranks and returns: document text, query text, window, output.
+
+    Document side: ``fields`` (names or dotted paths; arrays are joined) or a ``template``
+    such as ``"{title}\\n{body}"``, read from the hit's ``_source``, ``fields`` or
+    ``highlight`` (``source``). Query side: ``query_text`` or extracted from the query.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    enabled: bool = True
+    # inputs
+    fields: tuple[str, ...] = ("title", "text")
+    template: str | None = None
+    source: Literal["_source", "fields", "highlight"] = "_source"
+    field_separator: str = "\n"
+    query_text: str | None = None
+    # window and output
+    window: int = Field(100, ge=1, le=10_000)
+    min_score: float | None = None
+    fusion: FusionConfig | None = None
+    # failure handling: engine order, flagged, or the error raised to the caller
+    on_scorer_error: Literal["fallback", "raise"] = "fallback"
+
     @model_validator(mode="after")
-    def _check(self) -> RerankConfig:
+    def _check(self) -> RequestOptions:
         if not self.fields and self.template is None:
             raise ValueError("set 'fields' or 'template' to choose the document text")
         return self
+
+
+#: Settings that belong to the scorer (how pairs are encoded and scored), fixed per scorer.
+SCORER_FIELDS = frozenset(ScorerOptions.model_fields)
+#: Settings a search may change.
+REQUEST_FIELDS = frozenset(RequestOptions.model_fields)
+
+
+class RerankConfig(RequestOptions, ScorerOptions):
+    """How hits are turned into cross-encoder inputs, scored and re-ordered: the request
+    options (:class:`RequestOptions`) and the scorer's (:class:`ScorerOptions`) together."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    @property
+    def scorer_options(self) -> ScorerOptions:
+        """The scorer half."""
+        return ScorerOptions.model_validate(self.model_dump(include=set(SCORER_FIELDS)))
+
+    @property
+    def request_options(self) -> RequestOptions:
+        """The request half."""
+        return RequestOptions.model_validate(self.model_dump(include=set(REQUEST_FIELDS)))
 
     def with_options(self, options: RerankConfig | dict[str, Any] | None) -> RerankConfig:
         """Return a copy with per-call ``options`` applied (validated like the original)."""
         if options is None:
             return self
         data = (
-            options.model_dump(exclude_unset=True) if isinstance(options, RerankConfig) else options
+            options.model_dump(exclude_unset=True) if isinstance(options, BaseModel) else options
         )
         fixed = sorted(set(data) & SCORER_FIELDS)
         changed = [k for k in fixed if data[k] != getattr(self, k)]
