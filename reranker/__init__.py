@@ -1,14 +1,21 @@
-"""Cross-encoder reranking: configuration, inputs from hits, and scorers.
+"""Cross-encoder scoring: configuration, the scoring interface, local and remote scorers.
 
-``LocalScorer`` needs the ``torch`` extra and is imported lazily, so the engine adapters can
-use this package without torch installed.
+Pairs in, scores out: nothing here knows what a search hit is (that is
+``crossrank.adapters.core``). In the order data flows: :mod:`.config`
+(:class:`RerankConfig` = :class:`RequestOptions` + :class:`ScorerOptions`), :mod:`.scoring`
+(the :class:`Scorer` interface), :mod:`.loader` (loading without holding searches),
+:mod:`.local` (torch, in process) or :mod:`.remote` (HTTP), :mod:`.service` (the scorer
+service), with :mod:`.errors` and :mod:`.jsonio` beside them.
+
+``LocalScorer`` needs the ``torch`` extra and ``RemoteScorer`` the ``remote`` extra; both
+are imported lazily, so the engine adapters can use this package without them.
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from crossrank.reranker.config import FusionConfig, RerankConfig
+from crossrank.reranker.config import FusionConfig, RequestOptions, RerankConfig, ScorerOptions
 from crossrank.reranker.errors import (
     CrossrankError,
     ModelLoadError,
@@ -16,10 +23,11 @@ from crossrank.reranker.errors import (
     RerankOptionsError,
     ScorerError,
 )
-from crossrank.reranker.scoring import Scorer, ScoreRequest, ScoreResult
+from crossrank.reranker.scoring import Scorer, ScoreRequest, ScoreResult, make_scorer
 
 if TYPE_CHECKING:
     from crossrank.reranker.local import LocalScorer
+    from crossrank.reranker.remote import RemoteScorer
 
 __all__ = [
     "CrossrankError",
@@ -27,12 +35,16 @@ __all__ = [
     "LocalScorer",
     "ModelLoadError",
     "QueryTextError",
+    "RemoteScorer",
+    "RequestOptions",
     "RerankConfig",
     "RerankOptionsError",
     "ScoreRequest",
     "ScoreResult",
     "Scorer",
     "ScorerError",
+    "ScorerOptions",
+    "make_scorer",
 ]
 
 
@@ -41,4 +53,8 @@ def __getattr__(name: str) -> Any:
         from crossrank.reranker.local import LocalScorer
 
         return LocalScorer
+    if name == "RemoteScorer":
+        from crossrank.reranker.remote import RemoteScorer
+
+        return RemoteScorer
     raise AttributeError(name)
