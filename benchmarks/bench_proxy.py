@@ -24,7 +24,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from crossrank.adapters.nodes import EngineNode  # noqa: E402
-from integration_tests.proxy_support import start_proxy  # noqa: E402
+from crossrank.adapters.processes import CrossrankProcess  # noqa: E402
 
 INDEX = "adi"
 
@@ -62,7 +62,8 @@ def run(engine: str, rounds: int, datasets: Path, size: int) -> dict[str, Any]:
     docs, queries = _load(datasets)
     with EngineNode(engine) as node:
         _index(node.url, docs)
-        proxy = start_proxy(node.url, "--disable", "--log-level", "warning")
+        args = ["--upstream", node.url, "--disable", "--log-level", "warning"]
+        proxy = CrossrankProcess("proxy", args).start(180.0)
         try:
             times: dict[str, list[float]] = {"direct": [], "proxy": []}
             with (

@@ -14,8 +14,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import socket
-import subprocess
 import sys
 import tempfile
 import time
@@ -60,13 +58,6 @@ def load_requests(n: int, docs: int) -> list[dict[str, Any]]:
     ]
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
 async def run_clients(url: str, requests: list[dict[str, Any]], clients: int) -> float:
     todo = list(requests)
 
@@ -90,6 +81,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--clients", default="1,4,16")
     p.add_argument("--max-length", type=int, default=256)
     args = p.parse_args(argv)
+    from crossrank.adapters.processes import CrossrankProcess
     from crossrank.reranker import LocalScorer, RerankConfig, ScoreRequest
 
     requests = load_requests(args.requests, args.docs)
@@ -104,18 +96,10 @@ def main(argv: list[str] | None = None) -> int:
             local.score([ScoreRequest(r["query"], r["texts"])])
         local_rate = pairs / (time.perf_counter() - started)
         del local
-        port = free_port()
-        cmd = [sys.executable, "-m", "crossrank.adapters.cli", "serve", "--model", str(model)]
-        cmd += ["--port", str(port), "--max-length", str(args.max_length), "--log-level", "warning"]
-        server = subprocess.Popen(cmd)
-        url = f"http://127.0.0.1:{port}"
+        serve = ["--model", str(model), "--max-length", str(args.max_length)]
+        server = CrossrankProcess("serve", [*serve, "--log-level", "warning"]).start(120.0)
+        url = server.url
         try:
-            for _ in range(300):
-                try:
-                    if httpx.get(url + "/health").status_code == 200:
-                        break
-                except httpx.HTTPError:
-                    time.sleep(0.2)
             asyncio.run(run_clients(url, requests, 4))  # warm-up: fills the document cache
             print(
                 f"model={'tiny' if args.tiny else 'MiniLM-L6'} requests={args.requests} "
@@ -132,8 +116,7 @@ def main(argv: list[str] | None = None) -> int:
                     f"{rate / local_rate:>10.2f}"
                 )
         finally:
-            server.terminate()
-            server.wait(30)
+            server.stop()
     return 0
 
 

@@ -67,8 +67,20 @@ def dataset_dir() -> Path:
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Every test here runs against an engine of this run (the ``engine`` fixture, or an
+    ``EngineSpec`` parameter of its own, as the demo's): a test needing none would run in
+    each integration pass alike, so it belongs in ``tests/``."""
+    engine_less = []
     for item in items:
         item.add_marker(pytest.mark.engine)
+        callspec = getattr(item, "callspec", None)
+        params = callspec.params.values() if callspec is not None else ()
+        if not any(isinstance(value, EngineSpec) for value in params):
+            engine_less.append(item.nodeid)
+    if engine_less:
+        raise pytest.UsageError(
+            f"integration tests without an engine (move them to tests/): {engine_less}"
+        )
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:

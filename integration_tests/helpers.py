@@ -3,13 +3,9 @@
 from __future__ import annotations
 
 import copy
-import socket
-import subprocess
-import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
-import httpx
 import pytest
 
 from crossrank.reranker import ScoreRequest
@@ -133,29 +129,3 @@ def assert_reranked(
     if ranked:
         assert body["hits"]["max_score"] == approx(max(got))
         assert got == approx(rescore(verifier, query_text, ranked, fields))
-
-
-def free_port() -> int:
-    """A free loopback TCP port."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
-def wait_healthy(
-    proc: subprocess.Popen[bytes], url: str, timeout: float, logs: Callable[[], str]
-) -> None:
-    """Poll ``url`` until it answers 200; raise with the log tail if ``proc`` exits or time
-    runs out (the caller stops the process)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"exited with {proc.returncode}:\n{logs()[-3000:]}")
-        try:
-            if httpx.get(url, timeout=2).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.2)
-    raise TimeoutError(f"{url} not healthy after {timeout}s:\n{logs()[-3000:]}")

@@ -10,16 +10,12 @@ import asyncio
 import os
 import signal
 import subprocess
-import sys
-import tempfile
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from crossrank.adapters.processes import CrossrankProcess
 from crossrank.reranker import RerankConfig, ScoreRequest, ScoreResult
-
-from .helpers import free_port, wait_healthy
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -50,52 +46,38 @@ def faulty_scorer(config: RerankConfig) -> FaultyScorer:
     return FaultyScorer()
 
 
-@dataclass
 class ProxyProcess:
-    """A running proxy: its URL, process and log file (JSON lines on stderr)."""
+    """A running ``crossrank proxy``: its URL, process and log (JSON lines on stderr)."""
 
-    url: str
-    proc: subprocess.Popen[bytes]
-    log: Path
+    def __init__(self, process: CrossrankProcess) -> None:
+        self.process = process
+        self.url = process.url
+        self.log = process.log
+
+    @property
+    def proc(self) -> subprocess.Popen[bytes]:
+        assert self.process.proc is not None
+        return self.process.proc
 
     def logs(self) -> str:
-        return self.log.read_text(errors="replace")
+        return self.process.logs()
 
     def stop(self, timeout: float = 30.0) -> bool:
-        """SIGTERM, then SIGKILL; True when it shut down gracefully.
-
-        uvicorn re-raises the signal once shutdown is complete, so the exit status is -SIGTERM.
-        """
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        """SIGTERM, then SIGKILL; True when it shut down gracefully (uvicorn re-raises the
+        signal once shutdown is complete, so the exit status is -SIGTERM)."""
+        status = self.process.stop(timeout=timeout)
         graceful = "Application shutdown complete." in self.logs()
-        return graceful and self.proc.returncode in (0, -signal.SIGTERM)
+        return graceful and status in (0, -signal.SIGTERM)
 
 
 def start_proxy(upstream: str, *args: str, startup_timeout: float = 180.0) -> ProxyProcess:
-    """Start ``crossrank proxy`` on a free port and wait for its health endpoint."""
-    port = free_port()
-    log = Path(tempfile.mkstemp(prefix="crossrank-proxy-", suffix=".log")[1])
-    env = {
-        **os.environ,
-        "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]),
-    }
-    cmd = [sys.executable, "-m", "crossrank.adapters.cli", "proxy", "--upstream", upstream]
-    cmd += ["--port", str(port), *args]
-    with log.open("wb") as fh:
-        proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, cwd=REPO, env=env)
-    proxy = ProxyProcess(f"http://127.0.0.1:{port}", proc, log)
-    try:
-        wait_healthy(proc, f"{proxy.url}/_crossrank/health", startup_timeout, proxy.logs)
-    except (RuntimeError, TimeoutError):
-        proxy.stop()
-        raise
-    return proxy
+    """Start ``crossrank proxy`` on a free port and wait for its health endpoint (this
+    repository on its ``PYTHONPATH``, for ``--scorer-factory`` of :func:`faulty_scorer`)."""
+    path = os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])
+    process = CrossrankProcess(
+        "proxy", ["--upstream", upstream, *args], env={"PYTHONPATH": path}, cwd=REPO
+    )
+    return ProxyProcess(process.start(startup_timeout))
 
 
 def official(engine: Any, url: str, **kwargs: Any) -> Any:

@@ -1,22 +1,41 @@
-"""Exceptions raised by crossrank.
+"""Exceptions raised by crossrank: the one tree, drawn here only.
 
-Tree::
+Tree (the module of the classes defined elsewhere in brackets)::
 
     CrossrankError
+    ├── ConfigurationError (ValueError)  a setting or argument that cannot work: a bad engine
+    │                                    spec or scorer factory, an empty key file, limits that
+    │                                    leave no room for the query ...
     ├── QueryTextError (ValueError)   no query text in the request and none given
-    ├── ScorerError                   the scorer could not produce scores
-    │   ├── ModelLoadError            the model or tokenizer could not be loaded (or is
-    │   │                             still loading, or waits to be retried)
-    │   └── ScorerTimeoutError        scoring exceeded its latency budget
     ├── RerankOptionsError (ValueError)  bad per-call rerank options
     ├── MalformedInputError (ValueError) a body that is not JSON, or nested too deep
-    └── ServiceError                  the scorer service refuses a request
-        ├── InvalidRequestError (ValueError)  malformed or empty input
-        ├── UnauthorizedError         missing or wrong bearer token
-        ├── PayloadTooLargeError      body or document count over the limits
-        ├── OverloadedError           the queue is full; retry after ``retry_after`` s
-        └── ClientDisconnectedError   the client went away; its work was dropped
+    ├── ScorerError                   the scorer could not produce scores
+    │   ├── ModelLoadError            the model or tokenizer could not be loaded (or is
+    │   │   │                         still loading, or waits to be retried)
+    │   │   └── UnsupportedModelError (TypeError)  a model or tokenizer crossrank cannot
+    │   │                             use (e.g. a slow, non-Rust tokenizer)
+    │   └── ScorerTimeoutError        scoring exceeded its latency budget
+    ├── ServiceError                  the scorer service refuses a request
+    │   ├── InvalidRequestError (ValueError)  malformed or empty input
+    │   ├── UnauthorizedError         missing or wrong bearer token
+    │   ├── PayloadTooLargeError      body or document count over the limits
+    │   ├── OverloadedError           the queue is full; retry after ``retry_after`` s
+    │   └── ClientDisconnectedError   the client went away; its work was dropped
+    ├── TrainingError (ValueError)    training cannot run on the groups given (none, or
+    │                                 teacher scores missing)
+    ├── ProxyError                    [adapters.proxy.errors] the search proxy answers itself,
+    │   │                             with a status and an engine error type of its own
+    │   ├── BadRequest                400
+    │   ├── BodyTooLarge              413
+    │   ├── Unauthorized              401
+    │   └── UpstreamError             502 (504 on timeouts)
+    └── ProcessStartError (RuntimeError)  [adapters.processes] a child process (``crossrank
+        │                             serve``/``proxy``, an engine node) did not start, exited,
+        │                             or did not answer healthy in time
+        └── EngineStartError          [adapters.nodes] an engine node could not be fetched,
+                                      started, or did not become healthy
 
+A class that also derives from a builtin (in brackets) can be caught as that builtin too.
 Errors from foreign libraries are chained (``raise ... from exc``). Their texts may hold
 internal URLs and paths: :func:`public_reason` is what a search client is told instead.
 """
@@ -26,6 +45,10 @@ from __future__ import annotations
 
 class CrossrankError(Exception):
     """Root of every exception crossrank raises."""
+
+
+class ConfigurationError(CrossrankError, ValueError):
+    """A setting or argument that cannot work (its text says which, and why)."""
 
 
 class QueryTextError(CrossrankError, ValueError):
@@ -42,6 +65,10 @@ class ScorerError(CrossrankError):
 
 class ModelLoadError(ScorerError):
     """The model or its tokenizer could not be loaded."""
+
+
+class UnsupportedModelError(ModelLoadError, TypeError):
+    """A model or tokenizer that crossrank cannot use, e.g. a slow (non-Rust) tokenizer."""
 
 
 class ScorerTimeoutError(ScorerError):
@@ -79,6 +106,10 @@ class OverloadedError(ServiceError):
 
 class ClientDisconnectedError(ServiceError):
     """The client disconnected before its scores were ready; its work was dropped."""
+
+
+class TrainingError(CrossrankError, ValueError):
+    """Training cannot run on the groups given: none, or teacher scores missing."""
 
 
 def public_reason(exc: BaseException) -> str:

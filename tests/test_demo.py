@@ -36,11 +36,18 @@ def docs() -> list[dict[str, str]]:
 # --------------------------------------------------------------------------- judged queries
 
 
-@pytest.mark.skipif(sys.version_info[:2] != (3, 11), reason="judged on Python 3.11's corpus")
+#: Judged titles that older Pythons lack, and the version that added each.
+ADDED_IN = {"hashlib.file_digest": (3, 11)}
+
+
 def test_every_judged_title_is_in_the_corpus(docs: list[dict[str, str]]) -> None:
+    """On every supported Python: a judged title missing from this Python's corpus is one
+    this Python lacks (the demo leaves such titles out, and says so)."""
     titles = {d["title"] for d in docs}
     missing = [t for _, judged in JUDGED for t in judged if t not in titles]
-    assert missing == []
+    assert missing == [t for t, added in ADDED_IN.items() if sys.version_info < added]
+    for _, judged in JUDGED:  # and no query loses all of its judged documents
+        assert any(t in titles for t in judged)
 
 
 def test_judged_set_shape() -> None:

@@ -18,6 +18,8 @@ from crossrank.adapters.nodes import (
     java_major,
     runner,
 )
+from crossrank.adapters.processes import ProcessStartError
+from crossrank.reranker.errors import ConfigurationError, CrossrankError
 
 
 def test_parse_spec() -> None:
@@ -50,8 +52,15 @@ def test_parse_list() -> None:
     "text", ["elasticsearch", "elasticsearch:", "solr:9.0.0", ":1.2.3", "opensearch:latest"]
 )
 def test_parse_spec_rejects(text: str) -> None:
-    with pytest.raises(ValueError):
+    with pytest.raises(ConfigurationError) as info:
         EngineSpec.parse(text)
+    assert isinstance(info.value, ValueError)  # still caught as one
+
+
+def test_engine_errors_have_the_one_root() -> None:
+    assert issubclass(EngineStartError, ProcessStartError)
+    assert issubclass(EngineStartError, CrossrankError)
+    assert issubclass(EngineStartError, RuntimeError)  # callers may catch the builtin
 
 
 @pytest.mark.parametrize(
@@ -150,16 +159,11 @@ def test_unzip_keeps_modes(tmp_path: Path) -> None:
     assert stat.S_IMODE((tmp_path / "out/top/config/x.yml").stat().st_mode) == 0o640
 
 
-def test_free_ports_are_distinct() -> None:
-    ports = {runner._free_port() for _ in range(20)}
-    assert len(ports) == 20
-
-
 def test_node_url_before_start() -> None:
     node = nodes.EngineNode("opensearch:2.19.6")
     assert not node.running
     assert node.version == "2.19.6"
-    with pytest.raises(RuntimeError, match="not started"):
+    with pytest.raises(EngineStartError, match="not started"):
         _ = node.url
     node.stop()  # no-op
 

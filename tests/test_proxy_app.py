@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import gzip
 import json
+import logging
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
@@ -314,3 +315,26 @@ async def test_chunked_request_body_is_streamed(engine: FakeEngine) -> None:
     async with _client(engine) as client:
         resp = await client.post("/adi/_doc", content=_chunks())
     assert resp.json()["body"] == '{"a": 1}'
+
+
+async def test_an_internal_error_is_a_500_that_echoes_nothing(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """An unexpected exception: "internal error" for the client; its type and place, never its
+    text (which may hold paths, URLs or data), for the log."""
+    secret = "cannot open /srv/internal/ce for user s3cret"
+
+    def broken(request: httpx.Request) -> httpx.Response:
+        raise ValueError(secret)
+
+    with caplog.at_level(logging.DEBUG):
+        async with _client(broken) as client:  # type: ignore[arg-type]
+            resp = await client.post("/adi/_search", json=QUERY)
+    assert resp.status_code == 500
+    assert resp.json()["error"]["type"] == "crossrank_proxy_exception"
+    assert resp.json()["error"]["reason"] == "internal error"
+    assert "s3cret" not in resp.text and "/srv/" not in resp.text
+    [record] = [r for r in caplog.records if r.getMessage() == "unhandled error"]
+    assert getattr(record, "fields", {}).get("error") == "ValueError"
+    logged = caplog.text + repr([getattr(r, "fields", None) for r in caplog.records])
+    assert "s3cret" not in logged and "/srv/" not in logged

@@ -26,15 +26,8 @@ import contextlib
 import importlib
 import inspect
 import json
-import os
-import signal
-import socket
-import subprocess
 import sys
-import tempfile
 import time
-import urllib.error
-import urllib.request
 import warnings
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -52,6 +45,7 @@ from crossrank.adapters.cli.demo_model import (
 )
 from crossrank.adapters.cli.demo_queries import JUDGED, SHOWCASE
 from crossrank.adapters.nodes import EngineNode, EngineSpec
+from crossrank.adapters.processes import CrossrankProcess
 
 __all__ = [
     "HUB_MODEL",
@@ -149,21 +143,6 @@ def step(number: int, text: str) -> None:
 # --------------------------------------------------------------------------- the proxy
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
-def _ready(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(f"{url}/_crossrank/ready", timeout=2) as response:
-            return bool(response.status == 200)
-    except (urllib.error.URLError, OSError):
-        return False
-
-
 @contextlib.contextmanager
 def running_proxy(
     upstream: str,
@@ -177,42 +156,23 @@ def running_proxy(
     """``crossrank proxy`` in front of ``upstream`` on a free loopback port, as a subprocess;
     yields its URL once ``/_crossrank/ready`` answers (model loaded, upstream up), and stops it
     with SIGTERM (graceful) on exit. Its log goes to a temporary file, shown if it fails."""
-    port = _free_port()
-    fd, name = tempfile.mkstemp(prefix="crossrank-demo-proxy-", suffix=".log")
-    log = Path(name)
-    cmd = [
-        sys.executable, "-m", "crossrank.adapters.cli", "proxy", "--upstream", upstream,
-        "--port", str(port), "--model", model, "--fields", "title,text",
-        "--window", str(window), "--rerank-json", json.dumps(
-            {"max_length": max_length, **({"fusion": FUSION} if fused else {})}
-        ),
+    rerank = {"max_length": max_length, **({"fusion": FUSION} if fused else {})}
+    args = [
+        "--upstream", upstream, "--model", model, "--fields", "title,text",
+        "--window", str(window), "--rerank-json", json.dumps(rerank),
     ]  # fmt: skip
-    with os.fdopen(fd, "wb") as out:
-        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
+    proxy = CrossrankProcess("proxy", args, health="/_crossrank/ready")
     ok = False
     try:
-        deadline = time.monotonic() + timeout
-        while not _ready(url):
-            if proc.poll() is not None or time.monotonic() > deadline:
-                tail = log.read_text(errors="replace")[-3000:]
-                why = f"exited with {proc.returncode}" if proc.poll() is not None else "timed out"
-                raise RuntimeError(f"crossrank proxy {why}; its log ({log}):\n{tail}")
-            time.sleep(0.3)
-        yield url
+        proxy.start(timeout)
+        yield proxy.url
         ok = True
     finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        proxy.stop()
         if ok:
-            log.unlink(missing_ok=True)
+            proxy.log.unlink(missing_ok=True)
         else:
-            print(f"(the proxy's log is kept at {log})", file=sys.stderr)
+            print(f"(the proxy's log is kept at {proxy.log})", file=sys.stderr)
 
 
 # --------------------------------------------------------------------------- queries

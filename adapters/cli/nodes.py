@@ -12,10 +12,10 @@ from crossrank.adapters.nodes import start_all
 from crossrank.adapters.nodes.artifacts import (
     DEFAULT_MODULES,
     EngineSpec,
-    EngineStartError,
     fetch,
     fetch_module,
 )
+from crossrank.adapters.processes import ProcessStartError
 
 __all__ = ["main"]
 
@@ -38,7 +38,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     try:
         return _run_command(args.command, specs, args)
-    except EngineStartError as err:
+    except ProcessStartError as err:  # EngineStartError, or no free port
         print(f"error: {err}", file=sys.stderr)
         return 1
 

@@ -25,118 +25,127 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from crossrank.adapters.cli import SettingOption, add_setting_options, given_settings
 from crossrank.adapters.proxy.metrics import JsonFormatter
 from crossrank.adapters.proxy.settings import ProxySettings, load_rules
 from crossrank.reranker.config import RerankConfig
-from crossrank.reranker.errors import CrossrankError
+from crossrank.reranker.errors import ConfigurationError, CrossrankError
 
-__all__ = ["build_settings", "main", "parser"]
+__all__ = ["NOT_OPTIONS", "PROXY_OPTIONS", "RERANK_OPTIONS", "build_settings", "main", "parser"]
+
+
+def _comma_list(text: str) -> tuple[str, ...]:
+    return tuple(item.strip() for item in text.split(",") if item.strip())
+
+
+#: ``ProxySettings`` fields that are options of their own, by argument group.
+PROXY_OPTIONS: dict[str, tuple[SettingOption, ...]] = {
+    "": (SettingOption("upstream"), SettingOption("host"), SettingOption("port")),
+    "TLS to the upstream": (
+        SettingOption("verify", "do not verify the upstream's certificate", flag="--no-verify"),
+        SettingOption("ca_file"),
+        SettingOption("client_cert"),
+        SettingOption("client_key"),
+    ),
+    "limits": (
+        SettingOption("connect_timeout"),
+        SettingOption("upstream_timeout"),
+        SettingOption("max_body_bytes"),
+        SettingOption("latency_budget_ms"),
+        SettingOption("max_json_depth"),
+        SettingOption("check_forward_bytes"),
+    ),
+    "proxy token": (SettingOption("token_header"),),
+    "reranking": (
+        SettingOption("models", "a model requests may pick", flag="--allow-model", repeat=True),
+        SettingOption("scorer_factory"),
+        SettingOption("preload", "load the models on first use", flag="--no-preload"),
+    ),
+}
+
+#: ``RerankConfig`` fields that are options of their own (any field: ``--rerank-json``).
+RERANK_OPTIONS = (
+    SettingOption("model", "cross-encoder: hub name or path"),
+    SettingOption("fields", "comma-separated fields or dotted paths", parse=_comma_list),
+    SettingOption("template", "document text, e.g. '{title}: {text}' (instead of --fields)"),
+    SettingOption("window", "engine hits reranked per search"),
+    SettingOption("min_score", "reranked hits scoring below this are dropped"),
+    SettingOption("device", "auto (cuda, then mps, then cpu), cpu, cuda, cuda:1, ..."),
+    SettingOption("dtype", "the weights' dtype (auto: picked for the device)"),
+    SettingOption("scorer_urls", "a remote scorer's URL", flag="--scorer-url", repeat=True),
+    SettingOption("on_scorer_error", "when scoring fails: engine order (flagged), or an error"),
+    SettingOption("enabled", "rerank only when a request asks", flag="--disable"),
+)
+
+#: Fields that are not options of their own, and where they come from (``rerank.*``:
+#: ``RerankConfig``'s).
+NOT_OPTIONS: dict[str, str] = {
+    "upstream_auth": "a secret: $CROSSRANK_UPSTREAM_AUTH (or credentials in --upstream)",
+    "token": "a secret: --token-file or $CROSSRANK_PROXY_TOKEN",
+    "rules": "--defaults FILE (.json, .yaml, .toml)",
+    "rerank": "its common fields are options (RERANK_OPTIONS), any field: --rerank-json",
+    "rerank.scorer_api_key": "a secret: --scorer-api-key-file or $CROSSRANK_SCORER_API_KEY",
+    **{
+        f"rerank.{name}": "--rerank-json"
+        for name in sorted(RerankConfig.model_fields)
+        if name not in {o.field for o in RERANK_OPTIONS} | {"scorer_api_key"}
+    },
+}
 
 
 def parser() -> argparse.ArgumentParser:
     """The command-line options."""
-    p = argparse.ArgumentParser(prog="crossrank proxy", description=__doc__.split("\n")[0])
-    p.add_argument("--upstream", required=True, help="engine URL, e.g. http://localhost:9200")
-    p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int, default=9299)
-    tls = p.add_argument_group("TLS to the upstream")
-    tls.add_argument("--no-verify", action="store_true", help="do not verify the certificate")
-    tls.add_argument("--ca-file")
-    tls.add_argument("--client-cert")
-    tls.add_argument("--client-key")
-    lim = p.add_argument_group("limits")
-    lim.add_argument("--connect-timeout", type=float, default=5.0)
-    lim.add_argument("--upstream-timeout", type=float, default=60.0)
-    lim.add_argument("--max-body-bytes", type=int, default=100 * 1024 * 1024)
-    lim.add_argument("--latency-budget-ms", type=float, help="scoring slower than this falls back")
-    lim.add_argument(
-        "--max-json-depth",
-        type=int,
-        default=ProxySettings.model_fields["max_json_depth"].default,
-        help="deeper JSON bodies get a 400 (search bodies, small forwarded JSON bodies)",
+    # no abbreviations: ``--scorer-api-key KEY`` must not pass for ``--scorer-api-key-file``
+    p = argparse.ArgumentParser(
+        prog="crossrank proxy", description=__doc__.split("\n")[0], allow_abbrev=False
     )
-    sec = p.add_argument_group("proxy token")
-    sec.add_argument("--token-file", help="file holding the token ($CROSSRANK_PROXY_TOKEN too)")
-    sec.add_argument("--token-header", default="X-Crossrank-Token")
-    rr = p.add_argument_group("reranking (RerankConfig)")
-    rr.add_argument("--model")
-    rr.add_argument("--allow-model", action="append", default=[], help="a model requests may pick")
-    rr.add_argument("--fields", help="comma-separated fields or dotted paths")
-    rr.add_argument("--template")
-    rr.add_argument("--window", type=int)
-    rr.add_argument("--min-score", type=float)
-    rr.add_argument("--device")
-    rr.add_argument("--dtype")
-    rr.add_argument("--scorer-url", action="append", default=[], help="remote scorer URL")
+    groups = {title: p.add_argument_group(title) if title else p for title in PROXY_OPTIONS}
+    for title, options in PROXY_OPTIONS.items():
+        add_setting_options(groups[title], ProxySettings, options)
+    groups["proxy token"].add_argument(
+        "--token-file", help="file holding the token ($CROSSRANK_PROXY_TOKEN too)"
+    )
+    rr = groups["reranking"]
+    add_setting_options(rr, RerankConfig, RERANK_OPTIONS)
     rr.add_argument(
         "--scorer-api-key-file", help="file holding the scorer API key ($CROSSRANK_SCORER_API_KEY)"
     )
-    rr.add_argument("--on-scorer-error", choices=["fallback", "raise"])
     rr.add_argument("--rerank-json", help="more RerankConfig options as a JSON object")
-    rr.add_argument("--disable", action="store_true", help="rerank only when asked")
     rr.add_argument("--defaults", help="per-index defaults file (.json, .yaml, .toml)")
-    rr.add_argument("--scorer-factory", help="module:callable making the scorer")
-    rr.add_argument("--no-preload", action="store_true", help="load the model on first use")
     p.add_argument("--log-level", default="info")
     p.add_argument("--graceful-timeout", type=float, default=10.0)
     return p
 
 
+def _secret(path: str | None, variable: str) -> str | None:
+    """The secret in the file ``path`` (stripped), else in ``$variable``; None: neither."""
+    if path:
+        return Path(path).read_text(encoding="utf-8").strip()
+    return os.environ.get(variable) or None
+
+
 def build_settings(args: argparse.Namespace) -> ProxySettings:
-    """ProxySettings from parsed arguments and the environment."""
+    """ProxySettings from parsed arguments and the environment; an option not given keeps
+    the settings' default."""
     rerank: dict[str, Any] = json.loads(args.rerank_json) if args.rerank_json else {}
     if not isinstance(rerank, dict):
-        raise ValueError("--rerank-json must be a JSON object")
+        raise ConfigurationError("--rerank-json must be a JSON object")
     if "scorer_api_key" in rerank:
-        raise ValueError(
+        raise ConfigurationError(
             "--rerank-json must not hold scorer_api_key (process listings show it): "
             "use $CROSSRANK_SCORER_API_KEY or --scorer-api-key-file"
         )
-    api_key = os.environ.get("CROSSRANK_SCORER_API_KEY") or None
-    if args.scorer_api_key_file:
-        api_key = Path(args.scorer_api_key_file).read_text(encoding="utf-8").strip()
+    api_key = _secret(args.scorer_api_key_file, "CROSSRANK_SCORER_API_KEY")
     if api_key:
         rerank["scorer_api_key"] = api_key
-    simple = {
-        "model": args.model,
-        "template": args.template,
-        "window": args.window,
-        "min_score": args.min_score,
-        "device": args.device,
-        "dtype": args.dtype,
-        "on_scorer_error": args.on_scorer_error,
-    }
-    rerank.update({k: v for k, v in simple.items() if v is not None})
-    if args.fields:
-        rerank["fields"] = [f.strip() for f in args.fields.split(",") if f.strip()]
-    if args.scorer_url:
-        rerank["scorer_urls"] = args.scorer_url
-    if args.disable:
-        rerank["enabled"] = False
-    token = os.environ.get("CROSSRANK_PROXY_TOKEN") or None
-    if args.token_file:
-        token = Path(args.token_file).read_text(encoding="utf-8").strip()
+    rerank.update(given_settings(args, RERANK_OPTIONS))
+    options = [o for group in PROXY_OPTIONS.values() for o in group]
     return ProxySettings(
-        upstream=args.upstream,
-        host=args.host,
-        port=args.port,
-        verify=not args.no_verify,
-        ca_file=args.ca_file,
-        client_cert=args.client_cert,
-        client_key=args.client_key,
-        connect_timeout=args.connect_timeout,
-        upstream_timeout=args.upstream_timeout,
-        max_body_bytes=args.max_body_bytes,
-        latency_budget_ms=args.latency_budget_ms,
-        max_json_depth=args.max_json_depth,
         upstream_auth=os.environ.get("CROSSRANK_UPSTREAM_AUTH") or None,
-        token=token,
-        token_header=args.token_header,
+        token=_secret(args.token_file, "CROSSRANK_PROXY_TOKEN"),
         rerank=RerankConfig.model_validate(rerank),
         rules=load_rules(args.defaults) if args.defaults else (),
-        models=tuple(args.allow_model),
-        scorer_factory=args.scorer_factory,
-        preload=not args.no_preload,
+        **given_settings(args, options),
     )
 
 
@@ -172,7 +181,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     try:
         app = create_app(settings)
-    except (CrossrankError, ImportError, ValueError) as exc:
+    except (CrossrankError, ValueError) as exc:  # a bad scorer factory or index defaults
         print(f"crossrank proxy: {exc}", file=sys.stderr)
         return 2
     config = uvicorn.Config(

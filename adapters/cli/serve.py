@@ -1,7 +1,9 @@
 """``crossrank serve``: run the batching scorer service with uvicorn.
 
-The bearer token is read from ``$CROSSRANK_API_KEY`` or ``--api-key-file`` (never a flag, so
-it stays out of process listings).
+The options set the service's settings (ServeSettings) and the RerankConfig fields every
+model is loaded with; their defaults are those models'. The bearer token is read from
+``$CROSSRANK_API_KEY`` or ``--api-key-file`` (never a flag, so it stays out of process
+listings).
 """
 
 from __future__ import annotations
@@ -15,11 +17,62 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
-from crossrank.reranker.config import RerankConfig
-from crossrank.reranker.errors import CrossrankError
+from crossrank.adapters.cli import SettingOption, add_setting_options, given_settings
+from crossrank.reranker.config import SCORER_FIELDS, RerankConfig
+from crossrank.reranker.errors import ConfigurationError, CrossrankError
 from crossrank.reranker.service.settings import ServeSettings
 
-__all__ = ["main", "parse_args", "parser"]
+__all__ = ["MODEL_OPTIONS", "NOT_OPTIONS", "SERVICE_OPTIONS", "main", "parse_args", "parser"]
+
+#: ``ServeSettings`` fields that are options of their own.
+SERVICE_OPTIONS = tuple(
+    SettingOption(name)
+    for name in (
+        "host",
+        "port",
+        "batch_tokens",
+        "max_wait_ms",
+        "max_queue_pairs",
+        "max_documents",
+        "max_body_bytes",
+        "retry_after",
+    )
+)
+
+#: ``RerankConfig`` fields every served model is loaded with.
+MODEL_OPTIONS = (
+    SettingOption("device", "auto (cuda, then mps, then cpu), cpu, cuda, cuda:1, ..."),
+    SettingOption("dtype", "the weights' dtype (auto: picked for the device)"),
+    SettingOption("max_length", "tokens per pair (default: the model's own)"),
+    SettingOption("max_query_tokens", "query tokens per pair at most"),
+    SettingOption("max_query_chars", "longest query accepted, in characters; longer ones get 400"),
+    SettingOption("long_documents", "documents over max_length: cut, or scored by passages"),
+    SettingOption("passage_overlap", "tokens shared by neighbouring passages"),
+    SettingOption("max_passages", "passages scored per document at most"),
+    SettingOption("cache_size", "documents whose tokens are cached"),
+    SettingOption("cache_bytes", "bytes the token cache holds at most"),
+)
+
+_SEARCH_SIDE = "how hits become pairs and are ordered: the client's (proxy, wrappers)"
+#: Fields that are not options of their own, and why (``rerank.*``: ``RerankConfig``'s).
+NOT_OPTIONS: dict[str, str] = {
+    "models": "--model [NAME=]PATH, repeatable",
+    "api_key": "a secret: --api-key-file or $CROSSRANK_API_KEY, never a flag",
+    "rerank": "its model fields are options (MODEL_OPTIONS), the rest listed here",
+    "rerank.model": "each model's own, from --model",
+    "rerank.sigmoid": "the service returns raw scores (clients apply sigmoid)",
+    "rerank.batch_tokens": "--batch-tokens, the service's budget, applies to every model",
+    "rerank.load_timeout": "the service loads its models before it listens",
+    **{
+        f"rerank.{name}": "the remote scorer's client settings: the service is the scorer"
+        for name in sorted(SCORER_FIELDS)
+        if name.startswith("scorer_")
+    },
+    **{
+        f"rerank.{name}": _SEARCH_SIDE
+        for name in sorted(set(RerankConfig.model_fields) - SCORER_FIELDS)
+    },
+}
 
 
 def parser() -> argparse.ArgumentParser:
@@ -33,24 +86,10 @@ def parser() -> argparse.ArgumentParser:
         metavar="[NAME=]PATH",
         help="a cross-encoder (hub name or path); repeatable, the first is the default",
     )
-    p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int, default=8080)
-    p.add_argument("--device", default="auto")
-    p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"])
-    p.add_argument("--max-length", type=int, default=None)
-    p.add_argument("--max-query-tokens", type=int, default=64)
-    p.add_argument(
-        "--max-query-chars",
-        type=int,
-        default=RerankConfig.model_fields["max_query_chars"].default,
-        help="longest query accepted, in characters; longer ones get 400 (default: %(default)s)",
+    add_setting_options(p, ServeSettings, SERVICE_OPTIONS)
+    add_setting_options(
+        p.add_argument_group("every model (RerankConfig)"), RerankConfig, MODEL_OPTIONS
     )
-    p.add_argument("--long-documents", default="truncate", choices=["truncate", "passages"])
-    p.add_argument("--batch-tokens", type=int, default=16_384)
-    p.add_argument("--max-wait-ms", type=float, default=5.0)
-    p.add_argument("--max-queue-pairs", type=int, default=32_768)
-    p.add_argument("--max-documents", type=int, default=10_000)
-    p.add_argument("--max-body-bytes", type=int, default=16 * 1024 * 1024)
     p.add_argument(
         "--api-key-file",
         metavar="PATH",
@@ -66,41 +105,26 @@ def _api_key(path: str | None) -> str | None:
         return os.environ.get("CROSSRANK_API_KEY", "").strip() or None
     key = Path(path).read_text(encoding="utf-8").strip()
     if not key:
-        raise ValueError(f"--api-key-file {path!r} is empty")
+        raise ConfigurationError(f"--api-key-file {path!r} is empty")
     return key
 
 
 def parse_args(argv: Sequence[str]) -> ServeSettings:
     """The :class:`ServeSettings` of a ``crossrank serve`` command line.
 
-    Raises ``ValidationError`` for bad values, ``OSError``/``ValueError`` for an unreadable
-    or empty ``--api-key-file``.
+    Raises ``ValidationError`` for bad values, ``OSError`` for an unreadable
+    ``--api-key-file``, :class:`ConfigurationError` for an empty one.
     """
     args = parser().parse_args(list(argv))
     models: dict[str, str] = {}
     for spec in args.model:
         name, sep, path = spec.partition("=")
         models[name if sep else spec] = path if sep else spec
-    rerank = RerankConfig(
-        device=args.device,
-        dtype=args.dtype,
-        max_length=args.max_length,
-        max_query_tokens=args.max_query_tokens,
-        max_query_chars=args.max_query_chars,
-        long_documents=args.long_documents,
-        batch_tokens=args.batch_tokens,
-    )
     return ServeSettings(
-        host=args.host,
-        port=args.port,
         models=models,
-        rerank=rerank,
-        batch_tokens=args.batch_tokens,
-        max_wait_ms=args.max_wait_ms,
-        max_queue_pairs=args.max_queue_pairs,
-        max_documents=args.max_documents,
-        max_body_bytes=args.max_body_bytes,
+        rerank=RerankConfig(**given_settings(args, MODEL_OPTIONS)),
         api_key=_api_key(args.api_key_file),
+        **given_settings(args, SERVICE_OPTIONS),
     )
 
 

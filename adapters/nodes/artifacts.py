@@ -14,6 +14,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+from crossrank.adapters.processes import ProcessStartError
+from crossrank.reranker.errors import ConfigurationError
+
 __all__ = [
     "DEFAULT_CACHE_DIR",
     "DEFAULT_MODULES",
@@ -49,8 +52,9 @@ DEFAULT_CACHE_DIR = Path.home() / ".cache" / "crossrank" / "engines"
 _RUN_AS = ("nobody", "nogroup")
 
 
-class EngineStartError(RuntimeError):
-    """A node could not be fetched, started, or did not become healthy."""
+class EngineStartError(ProcessStartError):
+    """A node could not be fetched, started, or did not become healthy (a
+    :class:`~crossrank.adapters.processes.ProcessStartError`, so a ``RuntimeError`` too)."""
 
 
 @dataclass(frozen=True)
@@ -62,19 +66,20 @@ class EngineSpec:
 
     def __post_init__(self) -> None:
         if self.kind not in _KINDS:
-            raise ValueError(f"unknown engine kind {self.kind!r}; expected one of {_KINDS}")
+            raise ConfigurationError(f"unknown engine kind {self.kind!r}; expected one of {_KINDS}")
         if not re.fullmatch(r"\d+\.\d+\.\d+(?:[-.][0-9A-Za-z.-]+)?", self.version):
-            raise ValueError(f"bad engine version {self.version!r}; expected e.g. 8.19.21")
+            raise ConfigurationError(f"bad engine version {self.version!r}; expected e.g. 8.19.21")
 
     @classmethod
     def parse(cls, text: str) -> EngineSpec:
-        """Parse ``"kind:version"`` (``es``/``os`` accepted as short kinds)."""
+        """Parse ``"kind:version"`` (``es``/``os`` accepted as short kinds); a bad spec raises
+        :class:`~crossrank.reranker.errors.ConfigurationError` (a ``ValueError``)."""
         kind, sep, version = text.strip().partition(":")
         if not sep or not version:
-            raise ValueError(f"bad engine spec {text!r}; expected KIND:VERSION")
+            raise ConfigurationError(f"bad engine spec {text!r}; expected KIND:VERSION")
         kind = {"es": "elasticsearch", "os": "opensearch"}.get(kind.lower(), kind.lower())
         if kind not in _KINDS:
-            raise ValueError(f"unknown engine kind in {text!r}; expected one of {_KINDS}")
+            raise ConfigurationError(f"unknown engine kind in {text!r}; expected one of {_KINDS}")
         return cls(kind, version.strip())
 
     @classmethod

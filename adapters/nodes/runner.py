@@ -11,14 +11,11 @@ import os
 import pwd
 import shutil
 import signal
-import socket
 import stat
 import subprocess
 import tempfile
 import threading
 import time
-import urllib.error
-import urllib.request
 import zipfile
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -34,13 +31,12 @@ from crossrank.adapters.nodes.artifacts import (
     fetch_module,
     find_java,
 )
+from crossrank.adapters.processes import free_port, log_tail, wait_healthy
 
 __all__ = ["EngineNode", "start_all"]
 
 # --------------------------------------------------------------------------- node
 
-_used_ports: set[int] = set()
-_ports_lock = threading.Lock()
 _live: set[EngineNode] = set()
 
 
@@ -50,17 +46,9 @@ def _stop_leftovers() -> None:
         node.stop()
 
 
-def _free_port() -> int:
-    """A currently free loopback port not handed out before by this process."""
-    with _ports_lock:
-        for _ in range(100):
-            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-                sock.bind(("127.0.0.1", 0))
-                port = int(sock.getsockname()[1])
-            if port not in _used_ports:
-                _used_ports.add(port)
-                return port
-    raise EngineStartError("no free loopback port found")
+def _yellow_or_green(body: bytes) -> bool:
+    health = json.loads(body)
+    return isinstance(health, dict) and health.get("status") in ("yellow", "green")
 
 
 def _unzip(archive: Path, dest: Path) -> None:
@@ -82,14 +70,6 @@ def _chown_tree(root: Path, uid: int, gid: int) -> None:
     for dirpath, dirnames, filenames in os.walk(root):
         for name in dirnames + filenames:
             os.lchown(os.path.join(dirpath, name), uid, gid)
-
-
-def _tail(path: Path, lines: int = 50) -> str:
-    try:
-        text = path.read_text(errors="replace")
-    except OSError:
-        return "(no output)"
-    return "\n".join(text.splitlines()[-lines:]) or "(no output)"
 
 
 class EngineNode:
@@ -137,7 +117,7 @@ class EngineNode:
     def url(self) -> str:
         """Base URL, e.g. ``http://127.0.0.1:9234``; only valid once started."""
         if self.http_port is None:
-            raise RuntimeError(f"{self.spec} is not started")
+            raise EngineStartError(f"{self.spec} is not started")
         return f"http://127.0.0.1:{self.http_port}"
 
     @property
@@ -147,7 +127,7 @@ class EngineNode:
 
     def log_tail(self, lines: int = 50) -> str:
         """The last lines of the node's console output."""
-        return _tail(self._log, lines) if self._log else "(not started)"
+        return log_tail(self._log, lines) if self._log else "(not started)"
 
     def __enter__(self) -> EngineNode:
         self.start()
@@ -164,7 +144,7 @@ class EngineNode:
     def start(self) -> EngineNode:
         """Fetch, unpack and start the node, then wait until it is healthy."""
         if self._proc is not None:
-            raise RuntimeError(f"{self.spec} is already started")
+            raise EngineStartError(f"{self.spec} is already started")
         began = time.monotonic()
         archive = fetch(self.spec, self.cache_dir)
         java = self.java_home or find_java(self.spec.min_java)
@@ -192,10 +172,10 @@ class EngineNode:
             path.mkdir()
         self._log = self.workdir / "console.log"
         self._log.touch()
-        self.http_port = _free_port()
+        self.http_port = free_port()
         settings = {
             "http.port": str(self.http_port),
-            "transport.port": str(_free_port()),
+            "transport.port": str(free_port()),
             "discovery.type": "single-node",
             "network.host": "127.0.0.1",
             "path.data": str(data),
@@ -243,32 +223,16 @@ class EngineNode:
 
     def _wait_healthy(self) -> None:
         assert self._proc is not None
-        deadline = time.monotonic() + self.startup_timeout
-        url = f"{self.url}/_cluster/health?wait_for_status=yellow&timeout=1s"
-        last = "no answer yet"
-        while True:
-            code = self._proc.poll()
-            if code is not None:
-                raise EngineStartError(
-                    f"{self.spec} exited with code {code} during startup; last output:\n"
-                    f"{self.log_tail()}"
-                )
-            try:
-                with urllib.request.urlopen(url, timeout=5) as resp:
-                    body = json.loads(resp.read().decode())
-                if body.get("status") in ("yellow", "green"):
-                    return
-                last = f"status {body.get('status')!r}"
-            except urllib.error.HTTPError as err:
-                last = f"HTTP {err.code}"
-            except (OSError, ValueError) as err:
-                last = repr(err)
-            if time.monotonic() > deadline:
-                raise EngineStartError(
-                    f"{self.spec} not healthy after {self.startup_timeout:.0f}s ({last}); "
-                    f"last output:\n{self.log_tail()}"
-                )
-            time.sleep(0.5)
+        wait_healthy(
+            f"{self.url}/_cluster/health?wait_for_status=yellow&timeout=1s",
+            self._proc,
+            timeout=self.startup_timeout,
+            log=self._log,
+            name=str(self.spec),
+            healthy=_yellow_or_green,
+            interval=0.5,
+            error=EngineStartError,
+        )
 
     def stop(self, timeout: float = 30.0) -> None:
         """SIGTERM the node (its whole process group), then SIGKILL; remove its files."""

@@ -1,21 +1,23 @@
 """The proxy's own errors, and their engine-style JSON.
 
-Tree (the root is crossrank's)::
+The classes sit in crossrank's one exception tree, drawn in :mod:`crossrank.reranker.errors`
+(:class:`ProxyError` under the root). What a client is answered, by :func:`error_for`:
 
-    CrossrankError
-    ├── QueryTextError, RerankOptionsError   → 400 illegal_argument_exception
-    ├── MalformedInputError                  → 400 parse_exception (bad JSON, too deep)
-    ├── ScorerError                          → 503 (only with on_scorer_error="raise"),
-    │                                          reason: errors.public_reason (no URLs, paths)
-    └── ProxyError                           status and engine error type of its own
-        ├── BadRequest         400  parse_exception, illegal_argument_exception, ...
-        ├── BodyTooLarge       413  content_too_long_exception
-        ├── Unauthorized       401  security_exception
-        └── UpstreamError      502  connect failures; 504 on timeouts
+==========================================  ======  ==========================================
+exception                                   status  engine error type, reason
+==========================================  ======  ==========================================
+ProxyError and its subclasses               own     its own (BadRequest 400, Unauthorized 401,
+                                                    BodyTooLarge 413, UpstreamError 502/504)
+QueryTextError, RerankOptionsError          400     illegal_argument_exception
+MalformedInputError                         400     parse_exception (bad JSON, too deep)
+ScorerError (``on_scorer_error="raise"``)   503     crossrank_scorer_exception, reason from
+                                                    errors.public_reason (no URLs, paths)
+anything else                               500     crossrank_proxy_exception, "internal error"
+==========================================  ======  ==========================================
 
 Upstream responses, errors included, are never turned into these: they pass through as sent.
-Anything else is a 500 whose body says only "internal error": exception texts may hold
-internal URLs, paths or data, so they go to the log (by the caller), never to the client.
+A 500 says only "internal error": exception texts may hold internal URLs, paths or data, so
+they go to the log (by the caller, type and place only), never to the client.
 """
 
 from __future__ import annotations

@@ -21,7 +21,7 @@ from typing import cast
 from crossrank.adapters.proxy.metrics import ProxyMetrics, Timer, log_event
 from crossrank.adapters.proxy.settings import scorer_key
 from crossrank.reranker.config import RerankConfig
-from crossrank.reranker.errors import ScorerError, ScorerTimeoutError
+from crossrank.reranker.errors import ConfigurationError, ScorerError, ScorerTimeoutError
 from crossrank.reranker.loader import ScorerLoader
 from crossrank.reranker.scoring import Scorer, ScoreRequest, ScoreResult, make_scorer
 
@@ -31,13 +31,24 @@ ScorerFactory = Callable[[RerankConfig], Scorer]
 
 
 def load_factory(spec: str | None) -> ScorerFactory:
-    """``module:callable`` → that callable; ``None`` → :func:`make_scorer`."""
+    """``module:callable`` → that callable; ``None`` → :func:`make_scorer`.
+
+    Raises :class:`ConfigurationError` for a malformed spec, a module that cannot be
+    imported (its error chained) or a name that is no callable of it.
+    """
     if not spec:
         return cast(ScorerFactory, make_scorer)
     module, _, name = spec.partition(":")
     if not module or not name:
-        raise ValueError(f"scorer factory must be 'module:callable', got {spec!r}")
-    return cast(ScorerFactory, getattr(importlib.import_module(module), name))
+        raise ConfigurationError(f"scorer factory must be 'module:callable', got {spec!r}")
+    try:
+        found = importlib.import_module(module)
+    except Exception as exc:  # not found, or failing on import
+        raise ConfigurationError(f"cannot import scorer factory {spec!r}: {exc}") from exc
+    factory = getattr(found, name, None)
+    if not callable(factory):
+        raise ConfigurationError(f"scorer factory {spec!r}: {module} has no callable {name!r}")
+    return cast(ScorerFactory, factory)
 
 
 class Scorers:
@@ -152,5 +163,3 @@ class BudgetScorer:
                 ) from None
         finally:
             self.metrics.stage.labels("scoring").observe(timer.seconds)
-
-

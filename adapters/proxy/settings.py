@@ -48,38 +48,56 @@ class ProxySettings(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    #: the engine's URL; credentials in it (``http://user:pw@host``) move to ``upstream_auth``
-    upstream: str
+    upstream: str = Field(
+        description="the engine's URL, e.g. http://localhost:9200 (credentials in it, "
+        "http://user:pw@host, move to upstream_auth)"
+    )
     #: ``Authorization`` sent upstream when the client sends none (a client's own wins)
     upstream_auth: str | None = Field(None, repr=False)
-    host: str = "127.0.0.1"
-    port: int = Field(9299, ge=0, le=65535)
+    host: str = Field("127.0.0.1", description="address to listen on")
+    port: int = Field(9299, ge=0, le=65535, description="port to listen on")
     # TLS to the upstream
-    verify: bool = True
-    ca_file: str | None = None
-    client_cert: str | None = None
-    client_key: str | None = None
+    verify: bool = Field(True, description="verify the upstream's certificate")
+    ca_file: str | None = Field(None, description="CA bundle (PEM) that verifies the upstream")
+    client_cert: str | None = Field(None, description="client certificate (PEM) for the upstream")
+    client_key: str | None = Field(None, description="the client certificate's key (PEM)")
     # timeouts (seconds) on every upstream call
-    connect_timeout: float = Field(5.0, gt=0)
-    upstream_timeout: float = Field(60.0, gt=0)
+    connect_timeout: float = Field(5.0, gt=0, description="seconds to connect to the upstream")
+    upstream_timeout: float = Field(60.0, gt=0, description="seconds an upstream call may take")
     # limits
-    max_body_bytes: int = Field(100 * 1024 * 1024, ge=1)
-    #: JSON nesting depth accepted in search bodies, and in forwarded JSON bodies up to
-    #: ``check_forward_bytes`` long (engines crash on deep bool queries); deeper → 400
-    max_json_depth: int = Field(MAX_DEPTH, ge=1, le=900)
-    check_forward_bytes: int = Field(1024 * 1024, ge=0)
-    latency_budget_ms: float | None = Field(None, gt=0)
+    max_body_bytes: int = Field(
+        100 * 1024 * 1024, ge=1, description="request body size; beyond it: 413"
+    )
+    max_json_depth: int = Field(
+        MAX_DEPTH,
+        ge=1,
+        le=900,
+        description="JSON nesting depth accepted in search bodies, and in forwarded JSON bodies "
+        "up to check_forward_bytes long (engines crash on deep bool queries); deeper: 400",
+    )
+    check_forward_bytes: int = Field(
+        1024 * 1024, ge=0, description="forwarded JSON bodies up to this size are depth-checked"
+    )
+    latency_budget_ms: float | None = Field(
+        None, gt=0, description="scoring slower than this falls back (engine order, flagged)"
+    )
     # optional proxy-level token, checked and stripped
     token: str | None = Field(None, repr=False)
-    token_header: str = "x-crossrank-token"
+    token_header: str = Field("x-crossrank-token", description="the header of the proxy token")
     # rerank side
     rerank: RerankConfig = Field(default_factory=RerankConfig)
     rules: tuple[IndexRule, ...] = ()
-    #: extra models a request may ask for (``ext.crossrank.model``); rule models are allowed too
-    models: tuple[str, ...] = ()
-    #: ``module:callable`` taking a RerankConfig and returning a Scorer (default: make_scorer)
-    scorer_factory: str | None = None
-    preload: bool = True
+    models: tuple[str, ...] = Field(
+        (),
+        description="extra models a request may ask for (ext.crossrank.model); "
+        "the rules' models are allowed too",
+    )
+    scorer_factory: str | None = Field(
+        None,
+        description="module:callable taking a RerankConfig and returning a Scorer "
+        "(default: make_scorer)",
+    )
+    preload: bool = Field(True, description="load the models at start-up")
 
     @model_validator(mode="before")
     @classmethod

@@ -20,24 +20,34 @@ class ServeSettings(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    host: str = "127.0.0.1"
-    port: int = Field(8080, ge=0, le=65535)
+    host: str = Field("127.0.0.1", description="address to listen on")
+    port: int = Field(8080, ge=0, le=65535, description="port to listen on")
     models: dict[str, str] = Field(min_length=1)
     rerank: RerankConfig = RerankConfig()
-    #: pairs admitted and not yet scored, over all requests; beyond it: 429
-    max_queue_pairs: int = Field(32_768, ge=1)
-    #: token budget of one forward pass (rows x padded width)
-    batch_tokens: int = Field(16_384, ge=64)
-    #: how long the batcher waits for more pairs before running a partial batch
-    max_wait_ms: float = Field(5.0, ge=0)
-    #: documents per HTTP request, over all its queries; beyond it: 413
-    max_documents: int = Field(10_000, ge=1)
-    #: request body size (Content-Length, checked before reading); beyond it: 413
-    max_body_bytes: int = Field(16 * 1024 * 1024, ge=1024)
+    max_queue_pairs: int = Field(
+        32_768,
+        ge=1,
+        description="pairs admitted and not yet scored, over all requests; beyond it: 429",
+    )
+    batch_tokens: int = Field(
+        RerankConfig.model_fields["batch_tokens"].default,
+        ge=64,
+        description="token budget of one forward pass (rows x padded width), every model",
+    )
+    max_wait_ms: float = Field(
+        5.0, ge=0, description="how long the batcher waits for more pairs before a partial batch"
+    )
+    max_documents: int = Field(
+        10_000, ge=1, description="documents per request, over all its queries; beyond it: 413"
+    )
+    max_body_bytes: int = Field(
+        16 * 1024 * 1024,
+        ge=1024,
+        description="request body size (Content-Length, checked before reading); beyond it: 413",
+    )
     #: bearer token required on the scoring endpoints (none: open)
     api_key: str | None = Field(None, repr=False)
-    #: seconds a 429 asks the client to wait
-    retry_after: float = Field(1.0, ge=0)
+    retry_after: float = Field(1.0, ge=0, description="seconds a 429 asks the client to wait")
 
     @model_validator(mode="after")
     def _check(self) -> ServeSettings:

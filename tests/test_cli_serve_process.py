@@ -1,6 +1,6 @@
 """``crossrank serve`` as a real process on loopback, and RemoteScorer against it.
 
-No engine: only this module's fixtures are requested.
+No engine, so a unit test: run once, not in each integration pass.
 """
 
 from __future__ import annotations
@@ -15,11 +15,11 @@ from typing import Any
 
 import httpx
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
+from crossrank.adapters.processes import CrossrankProcess, free_port
 from crossrank.reranker import LocalScorer, RerankConfig, ScoreRequest, ScorerError
 from crossrank.reranker.remote import RemoteScorer
-
-from .scorer_process import ScorerProcess, free_port
 
 KEY = "s3cret"
 #: exit statuses of a drained shutdown (uvicorn re-raises SIGTERM after draining)
@@ -27,6 +27,23 @@ GRACEFUL = (0, -signal.SIGTERM)
 AUTH = {"Authorization": f"Bearer {KEY}"}
 QUERY = "boundary layer flow"
 DOCS = ["the boundary layer over a flat plate", "heat transfer to a cylinder", "", "flow " * 700]
+
+
+class ScorerProcess(CrossrankProcess):
+    """``crossrank serve ARGS`` on loopback, with its metrics at hand."""
+
+    def __init__(self, args: list[str], port: int | None = None) -> None:
+        super().__init__("serve", [*args, "--log-level", "warning"], port=port)
+
+    def metric(self, name: str, **labels: str) -> float:
+        """The sum of a metric's samples (``name`` as exposed) matching ``labels``."""
+        text = httpx.get(self.url + "/metrics", timeout=5).text
+        return sum(
+            s.value
+            for family in text_string_to_metric_families(text)
+            for s in family.samples
+            if s.name == name and all(s.labels.get(k) == v for k, v in labels.items())
+        )
 
 
 def fresh_docs(n: int, tag: str, words: int = 120) -> list[str]:
