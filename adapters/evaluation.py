@@ -14,6 +14,7 @@ from typing import Any
 from crossrank.adapters.connect import Kind
 from crossrank.adapters.core.plan import fuse_scores
 from crossrank.reranker.config import FusionConfig, RerankConfig
+from crossrank.reranker.errors import EngineRequestError
 
 __all__ = [
     "METRICS",
@@ -92,7 +93,7 @@ def index_collection(
                 lines += [{"index": {"_index": index, "_id": doc_id}}, collection.corpus[doc_id]]
             resp = client.bulk(body=lines)
             if resp.get("errors"):
-                raise RuntimeError(f"bulk indexing failed: {json.dumps(resp)[:500]}")
+                raise EngineRequestError(f"bulk indexing failed: {json.dumps(resp)[:500]}")
             bar.update(len(lines) // 2)
     client.indices.refresh(index=index)
     return len(ids)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import http.server
 import signal
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -106,4 +107,52 @@ def test_garbage_from_the_scorer_falls_back(engine: Any, tiny_model_dir: Path) -
         with pytest.raises(ScorerError):
             engine.client(rerank=strict).search(index=INDEX, body={"query": QUERY})
     finally:
+        server.shutdown()
+
+
+class _Stall(http.server.BaseHTTPRequestHandler):
+    """A scorer that sends its headers and half a body, then stalls until ``release``."""
+
+    release = threading.Event()
+
+    def do_POST(self) -> None:
+        self.rfile.read(int(self.headers.get("Content-Length", 0)))
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", "1000")
+        self.end_headers()
+        self.wfile.write(b'{"model": "stalled", "results": [')
+        self.wfile.flush()
+        self.release.wait(120)
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+async def test_a_scorer_stalling_mid_body_costs_the_deadline(
+    engine: Any, tiny_model_dir: Path
+) -> None:
+    """Sync and async wrappers fall back at the scorer deadline while the scorer still
+    stalls: an ordering (it is released only afterwards), not a speed."""
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Stall)
+    server.daemon_threads = True
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    url = f"http://127.0.0.1:{server.server_address[1]}"
+    cfg = config(tiny_model_dir, scorer_urls=(url,), scorer_timeout=1.0, scorer_retries=0)
+    try:
+        started = time.monotonic()
+        out = search(engine.client(rerank=cfg))
+        aclient = engine.async_client(rerank=cfg)
+        try:
+            aout = body_of(await aclient.search(index=INDEX, body={"query": QUERY, "size": WINDOW}))
+        finally:
+            await aclient.close()
+        took = time.monotonic() - started
+        assert not _Stall.release.is_set()  # still stalled: both gave up on their own
+        for got in (out, aout):
+            assert got["_rerank"]["fallback"] is True and ids(got) == engine_order(engine)
+        assert took < 60  # two deadlines of 1 s, not the 120 s stall
+    finally:
+        _Stall.release.set()
         server.shutdown()

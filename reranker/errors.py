@@ -23,6 +23,8 @@ Tree (the module of the classes defined elsewhere in brackets)::
     │   └── ClientDisconnectedError   the client went away; its work was dropped
     ├── TrainingError (ValueError)    training cannot run on the groups given (none, or
     │                                 teacher scores missing)
+    ├── EngineRequestError (RuntimeError)  the engine refused a request crossrank made for
+    │                                 the user (e.g. bulk indexing in ``crossrank eval``)
     ├── ProxyError                    [adapters.proxy.errors] the search proxy answers itself,
     │   │                             with a status and an engine error type of its own
     │   ├── BadRequest                400
@@ -106,6 +108,10 @@ class OverloadedError(ServiceError):
 
 class ClientDisconnectedError(ServiceError):
     """The client disconnected before its scores were ready; its work was dropped."""
+
+
+class EngineRequestError(CrossrankError, RuntimeError):
+    """The engine refused a request crossrank made on the user's behalf (bulk indexing)."""
 
 
 class TrainingError(CrossrankError, ValueError):

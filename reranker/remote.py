@@ -3,31 +3,35 @@
 The decisions (which URL, retry or not, how long to wait, circuit breaker) are written once,
 as a generator flow (:func:`call_flow`) that yields :class:`Send` and :class:`Sleep` steps and
 receives what happened; the sync and async shells of :class:`RemoteScorer` only perform
-them. Formats map to :class:`ScoreResult` scores in document order:
+them, every call of a request at once and all within one deadline. Bodies and answers are
+:mod:`crossrank.reranker.wire`'s shapes, the ones the scorer service reads and writes;
+:func:`plan` maps them to :class:`ScoreResult` scores in document order:
 
 - ``crossrank``: ``POST /rerank``, every query in one call; raw scores (``sigmoid`` as local).
 - ``tei``: ``POST /rerank`` per query with ``raw_scores=true`` (``sigmoid`` as local).
 - ``cohere`` / ``jina``: ``POST /v1/rerank`` per query; scores already in 0..1, kept as is.
 
-Every failure raises :class:`ScorerError`, chained to the original.
+A request's ``max_tokens_per_doc`` / ``max_tokens_per_query`` are sent on (crossrank, cohere,
+jina). Every failure raises :class:`ScorerError`, chained to the original.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
-import math
 import random
 import threading
 import time
 from collections.abc import Callable, Generator, Sequence
-from dataclasses import dataclass
+from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
+from dataclasses import dataclass, replace
 from typing import Any
 
 import httpx
 
+from crossrank.reranker import wire
 from crossrank.reranker.config import RerankConfig
-from crossrank.reranker.errors import ScorerError
+from crossrank.reranker.errors import ConfigurationError, ScorerError
 from crossrank.reranker.scoring import ScoreRequest, ScoreResult
 
 __all__ = ["Answer", "Balancer", "Call", "RemoteScorer", "Send", "Sleep", "call_flow", "plan"]
@@ -49,75 +53,65 @@ class Call:
     decode: Decode
 
 
-def _finite(value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise ValueError(f"not a finite score: {value!r}")
-    return float(value)
-
-
-def _logistic(x: float) -> float:
-    return 1.0 / (1.0 + math.exp(-x)) if x >= 0 else math.exp(x) / (1.0 + math.exp(x))
-
-
-def _by_index(items: Any, n: int, key: str) -> list[float]:
-    if not isinstance(items, list):
-        raise ValueError("results must be a list")
-    scores: list[float | None] = [None] * n
-    for item in items:
-        scores[int(item["index"])] = _finite(item[key])
-    if any(s is None for s in scores):
-        raise ValueError(f"{n} documents sent, {len(items)} scores received")
-    return [s for s in scores if s is not None]
-
-
 def plan(config: RerankConfig, requests: Sequence[ScoreRequest]) -> list[Call]:
-    """The calls that score ``requests`` in ``config.scorer_format`` (empty ones skipped)."""
+    """The calls that score ``requests`` in ``config.scorer_format`` (empty ones skipped).
+
+    Bodies and answers are :mod:`crossrank.reranker.wire`'s shapes; scores come back as a
+    local scorer with ``config.sigmoid`` gives them. Requests' token caps are sent on
+    (``tei`` has no field for them: :class:`ScorerError`).
+    """
     fmt, name = config.scorer_format, _name(config)
     todo = [i for i, r in enumerate(requests) if r.documents]
-    squash = _logistic if config.sigmoid and fmt in ("crossrank", "tei") else float
     if fmt == "crossrank":
         if not todo:
             return []
+        named = config.model if "model" in config.model_fields_set else None
+        batch = wire.CrossrankRequest(tuple(requests[i] for i in todo), named)
         sizes = [len(requests[i].documents) for i in todo]
-        body: dict[str, Any] = {
-            "requests": [
-                {"query": requests[i].query, "documents": list(requests[i].documents)} for i in todo
-            ]
-        }
-        if "model" in config.model_fields_set:
-            body["model"] = config.model
 
         def decode_crossrank(data: Any) -> list[ScoreResult]:
-            results, model = data["results"], str(data.get("model", name))
-            if len(results) != len(sizes):
-                raise ValueError(f"{len(sizes)} requests sent, {len(results)} results received")
-            out = []
-            for n, r in zip(sizes, results):
-                scores = [squash(_finite(s)) for s in r["scores"]]
-                if len(scores) != n:
-                    raise ValueError(f"{n} documents sent, {len(scores)} scores received")
-                split, qcut = int(r.get("split", 0)), bool(r.get("query_truncated", False))
-                out.append(ScoreResult(scores, int(r.get("truncated", 0)), split, qcut, model))
-            return out
+            results = wire.CrossrankResponse.from_json(data, sizes, name).results
+            return [
+                replace(r, scores=wire.from_wire(r.scores, batch.squashed, config.sigmoid))
+                for r in results
+            ]
 
-        return [Call(tuple(todo), "/rerank", body, decode_crossrank)]
+        return [Call(tuple(todo), batch.PATH, batch.to_json(), decode_crossrank)]
     calls = []
     for i in todo:
-        docs = list(requests[i].documents)
-        if fmt == "tei":
-            path, key = "/rerank", "score"
-            body = {"query": requests[i].query, "texts": docs, "raw_scores": True, "truncate": True}
-        else:  # cohere, jina
-            path, key = "/v1/rerank", "relevance_score"
-            body = {"model": config.model, "query": requests[i].query, "documents": docs}
-            body.update(top_n=len(docs), return_documents=False)
+        one = _per_query(config, requests[i])
+        answer = wire.TeiResponse if isinstance(one, wire.TeiRequest) else wire.CohereResponse
 
-        def decode_one(data: Any, n: int = len(docs), key: str = key) -> list[ScoreResult]:
-            items = data if isinstance(data, list) else data["results"]
-            return [ScoreResult([squash(s) for s in _by_index(items, n, key)], model=name)]
+        def decode_one(
+            data: Any,
+            n: int = len(requests[i].documents),
+            answer: type[wire.TeiResponse | wire.CohereResponse] = answer,
+            squashed: bool = one.squashed,
+        ) -> list[ScoreResult]:
+            scores = wire.from_wire(answer.from_json(data, n).scores, squashed, config.sigmoid)
+            return [ScoreResult(scores, model=name)]
 
-        calls.append(Call((i,), path, body, decode_one))
+        calls.append(Call((i,), one.PATH, one.to_json(), decode_one))
     return calls
+
+
+def _per_query(config: RerankConfig, request: ScoreRequest) -> wire.TeiRequest | wire.CohereRequest:
+    docs = tuple(request.documents)
+    if config.scorer_format == "tei":
+        if request.max_tokens_per_doc or request.max_tokens_per_query:
+            raise ScorerError(
+                "the tei format has no max_tokens_per_doc/max_tokens_per_query; "
+                "use the crossrank, cohere or jina format for capped requests"
+            )
+        return wire.TeiRequest(request.query, docs, raw_scores=True, truncate=True)
+    return wire.CohereRequest(  # cohere, jina
+        request.query,
+        docs,
+        model=config.model,
+        top_n=len(docs),
+        max_tokens_per_doc=request.max_tokens_per_doc,
+        max_tokens_per_query=request.max_tokens_per_query,
+    )
 
 
 def _name(config: RerankConfig) -> str:
@@ -284,15 +278,28 @@ def call_flow(
 
 # ---------------------------------------------------------------------- the shells (I/O)
 
+Flow = Generator[Send | Sleep, Answer | Exception | None, list[ScoreResult]]
+#: what became of one call: its results, its failure, or None (no answer by the deadline)
+Outcome = list[ScoreResult] | BaseException | None
+
+#: most threads one sync ``score`` runs its calls on (``ascore`` runs them all at once)
+SYNC_WORKERS = 16
+
 
 class RemoteScorer:
     """A :class:`~crossrank.reranker.Scorer` that calls one or more scorer services.
 
     One pooled ``httpx.Client`` and one ``httpx.AsyncClient`` per scorer (created on first
     use). Connection errors, 429, 502, 503 and 504 are retried (``scorer_retries``) with
-    jittered backoff or the server's Retry-After, within ``scorer_timeout`` in all; URLs are
-    balanced round-robin, skipping open circuits (``breaker_threshold`` consecutive
-    failures, ``breaker_cooldown`` seconds). ``transport`` replaces the network (tests).
+    jittered backoff or the server's Retry-After; URLs are balanced round-robin, skipping
+    open circuits (``breaker_threshold`` consecutive failures, ``breaker_cooldown``
+    seconds). ``transport`` replaces the network, ``clock`` the monotonic clock (tests).
+
+    Both shells drive the same :func:`call_flow` for every call of a request, all calls at
+    once (a small thread pool per :meth:`score`, tasks in :meth:`ascore`), and both return
+    by one deadline, ``scorer_timeout`` after they were called: a server that stalls, even
+    half-way through its answer, costs the deadline and no more (a sync worker stuck in it
+    is left to finish on its own, its answer dropped).
     """
 
     def __init__(
@@ -302,12 +309,14 @@ class RemoteScorer:
         breaker_threshold: int = 3,
         breaker_cooldown: float = 5.0,
         transport: Any = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         if not config.scorer_urls:
-            raise ValueError("RemoteScorer needs config.scorer_urls")
+            raise ConfigurationError("RemoteScorer needs config.scorer_urls")
         self.config = config
         self.balancer = Balancer(config.scorer_urls, breaker_threshold, breaker_cooldown)
         self._transport = transport
+        self._clock = clock
         self._client: httpx.Client | None = None
         self._aclient: httpx.AsyncClient | None = None
         self._lock = threading.Lock()
@@ -322,21 +331,28 @@ class RemoteScorer:
     def _timeout(self, seconds: float) -> httpx.Timeout:
         return httpx.Timeout(seconds, connect=min(seconds, self.config.scorer_connect_timeout))
 
-    def _flows(
-        self, requests: Sequence[ScoreRequest]
-    ) -> list[tuple[Call, Generator[Send | Sleep, Answer | Exception | None, list[ScoreResult]]]]:
-        deadline = time.monotonic() + self.config.scorer_timeout
-        retries = self.config.scorer_retries
-        return [
-            (c, call_flow(c, self.balancer, deadline=deadline, retries=retries))
+    def _flows(self, requests: Sequence[ScoreRequest]) -> tuple[float, list[tuple[Call, Flow]]]:
+        """The deadline of one scoring call, and a flow per HTTP call, all sharing it."""
+        deadline = self._clock() + self.config.scorer_timeout
+        retries, clock = self.config.scorer_retries, self._clock
+        return deadline, [
+            (c, call_flow(c, self.balancer, deadline=deadline, retries=retries, clock=clock))
             for c in plan(self.config, requests)
         ]
 
-    def _assemble(
-        self, requests: Sequence[ScoreRequest], done: list[tuple[Call, list[ScoreResult]]]
+    def _finish(
+        self, requests: Sequence[ScoreRequest], calls: list[Call], outcomes: list[Outcome]
     ) -> list[ScoreResult]:
+        """Results in request order; or the first call's failure, or the deadline's."""
+        for outcome in outcomes:
+            if isinstance(outcome, BaseException):
+                raise outcome
         out = [ScoreResult([], model=self.name) for _ in requests]
-        for call, results in done:
+        for call, results in zip(calls, outcomes):
+            if not isinstance(results, list):
+                raise ScorerError(
+                    f"no answer within the scorer deadline ({self.config.scorer_timeout:g}s)"
+                )
             for i, result in zip(call.indexes, results):
                 out[i] = result
         return out
@@ -350,29 +366,50 @@ class RemoteScorer:
             return self._client
 
     def _send(self, step: Send) -> Answer | Exception:
+        """POST; the body is read in chunks, so a server that trickles it is cut off at the
+        deadline (httpx's timeouts count per phase and per chunk, not in all)."""
+        deadline = self._clock() + step.timeout
         try:
-            r = self._sync_client().post(
-                step.url, json=step.body, timeout=self._timeout(step.timeout)
-            )
+            with self._sync_client().stream(
+                "POST", step.url, json=step.body, timeout=self._timeout(step.timeout)
+            ) as r:
+                content = bytearray()
+                for chunk in r.iter_bytes():
+                    content += chunk
+                    if self._clock() > deadline:
+                        return httpx.ReadTimeout(f"no whole answer within {step.timeout:.2f}s")
+                return Answer(r.status_code, r.headers.get("retry-after"), bytes(content))
         except httpx.HTTPError as exc:
             return exc
-        return Answer(r.status_code, r.headers.get("retry-after"), r.content)
+
+    def _run(self, flow: Flow) -> list[ScoreResult]:
+        try:
+            step = next(flow)
+            while True:
+                if isinstance(step, Sleep):
+                    time.sleep(step.seconds)
+                    step = flow.send(None)
+                else:
+                    step = flow.send(self._send(step))
+        except StopIteration as stop:
+            results: list[ScoreResult] = stop.value
+            return results
 
     def score(self, requests: Sequence[ScoreRequest]) -> list[ScoreResult]:
-        """Score over HTTP, blocking."""
-        done = []
-        for call, flow in self._flows(requests):
-            try:
-                step = next(flow)
-                while True:
-                    if isinstance(step, Sleep):
-                        time.sleep(step.seconds)
-                        step = flow.send(None)
-                    else:
-                        step = flow.send(self._send(step))
-            except StopIteration as stop:
-                done.append((call, stop.value))
-        return self._assemble(requests, done)
+        """Score over HTTP, blocking; the calls run concurrently, in worker threads."""
+        deadline, flows = self._flows(requests)
+        if not flows:
+            return self._finish(requests, [], [])
+        pool = ThreadPoolExecutor(min(len(flows), SYNC_WORKERS), "crossrank-remote")
+        try:
+            futures = [pool.submit(self._run, flow) for _, flow in flows]
+            done, _ = wait(futures, max(0.0, deadline - self._clock()), FIRST_EXCEPTION)
+        finally:
+            pool.shutdown(wait=False, cancel_futures=True)  # stalled workers are not awaited
+        outcomes: list[Outcome] = [
+            (f.exception() or f.result()) if f in done else None for f in futures
+        ]
+        return self._finish(requests, [c for c, _ in flows], outcomes)
 
     # async
 
@@ -392,9 +429,7 @@ class RemoteScorer:
             return exc
         return Answer(r.status_code, r.headers.get("retry-after"), r.content)
 
-    async def _arun(
-        self, flow: Generator[Send | Sleep, Answer | Exception | None, list[ScoreResult]]
-    ) -> list[ScoreResult]:
+    async def _arun(self, flow: Flow) -> list[ScoreResult]:
         try:
             step = next(flow)
             while True:
@@ -408,10 +443,26 @@ class RemoteScorer:
             return results
 
     async def ascore(self, requests: Sequence[ScoreRequest]) -> list[ScoreResult]:
-        """Score over HTTP without blocking the event loop (calls run concurrently)."""
-        flows = self._flows(requests)
-        results = await asyncio.gather(*(self._arun(flow) for _, flow in flows))
-        return self._assemble(requests, [(c, r) for (c, _), r in zip(flows, results)])
+        """Score over HTTP without blocking the event loop; the calls run concurrently."""
+        deadline, flows = self._flows(requests)
+        if not flows:
+            return self._finish(requests, [], [])
+        tasks = [asyncio.ensure_future(self._arun(flow)) for _, flow in flows]
+        try:
+            done, _ = await asyncio.wait(
+                tasks,
+                timeout=max(0.0, deadline - self._clock()),
+                return_when=asyncio.FIRST_EXCEPTION,
+            )
+        finally:
+            late = [t for t in tasks if not t.done()]
+            for task in late:
+                task.cancel()
+            await asyncio.gather(*late, return_exceptions=True)
+        outcomes: list[Outcome] = [
+            (t.exception() or t.result()) if t in done else None for t in tasks
+        ]
+        return self._finish(requests, [c for c, _ in flows], outcomes)
 
     async def acheck(self) -> None:
         """Raise :class:`ScorerError` unless every scorer URL answers and serves the model.

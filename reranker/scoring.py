@@ -10,6 +10,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
+from crossrank.reranker.errors import ConfigurationError
+
 if TYPE_CHECKING:
     from crossrank.reranker.config import RerankConfig
 
@@ -18,10 +20,25 @@ __all__ = ["ScoreRequest", "ScoreResult", "Scorer", "make_scorer"]
 
 @dataclass(frozen=True)
 class ScoreRequest:
-    """One query and the documents to score against it."""
+    """One query and the documents to score against it.
+
+    ``max_tokens_per_query`` and ``max_tokens_per_doc`` (None: no cap of its own) cut the
+    query and each document to that many tokens before they are paired, on top of the
+    scorer's own limits (``max_query_tokens``, the model's length); a document cut by its cap
+    counts as ``truncated``. They are Cohere's and vLLM's per-request fields, and a remote
+    scorer sends them on.
+    """
 
     query: str
     documents: Sequence[str]
+    max_tokens_per_query: int | None = None
+    max_tokens_per_doc: int | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("max_tokens_per_query", "max_tokens_per_doc"):
+            cap = getattr(self, name)
+            if cap is not None and (isinstance(cap, bool) or not isinstance(cap, int) or cap < 1):
+                raise ConfigurationError(f"{name} must be a positive int or None, not {cap!r}")
 
 
 @dataclass

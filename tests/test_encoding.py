@@ -304,3 +304,63 @@ def test_prefix_cutting_only_where_the_pre_tokenizer_splits_at_spaces(tokenizer:
     spaced = PairEncoder(tokenizer, max_length=128)._backend
     spaced.add_tokens(["flat plate"])
     assert not splits_at_spaces(spaced)
+
+
+# --- a request's own token caps (Cohere/Jina max_tokens_per_doc, vLLM max_tokens_per_query) --
+
+
+@pytest.mark.parametrize("mode", ["truncate", "passages"])
+def test_request_caps_cut_query_and_documents_exactly(tokenizer: Any, mode: Any) -> None:
+    kw: dict[str, Any] = dict(max_length=40, max_query_tokens=12, long_documents=mode,
+                              passage_overlap=6, max_passages=3)
+    enc = PairEncoder(tokenizer, **kw)
+    word = _single_token_word(tokenizer)
+    query = " ".join([word] * 10)
+    lengths = [0, 1, 4, 5, 6, 20, 33, 34, 35, 80, 200]
+    docs = [" ".join([word] * n) for n in lengths] + DOCS
+    own = [tokenizer(d, add_special_tokens=False)["input_ids"] for d in docs]
+    for q_cap, d_cap in [(3, 5), (None, 5), (3, None), (12, 34), (50, 10_000), (1, 1)]:
+        got = enc.encode([query], [docs], max_tokens_per_query=[q_cap],
+                         max_tokens_per_doc=[d_cap])
+        # the same as capping the texts themselves, then encoding without caps
+        q_words = min(10, q_cap or 10)
+        capped = [" ".join([word] * min(n, d_cap or n)) for n in lengths]
+        want = PairEncoder(tokenizer, **kw).encode([" ".join([word] * q_words)], [capped])
+        n = len(want.owner)
+        assert got.owner[:n] == want.owner
+        assert [ids.tolist() for ids in got.input_ids[:n]] == [
+            ids.tolist() for ids in want.input_ids
+        ], (q_cap, d_cap)
+        assert got.query_truncated == [q_cap is not None and q_cap < 10]
+        # truncated: content dropped, by the cap or by the model's length
+        free = PairEncoder(tokenizer, **kw)
+        free.keep_tokens, free._prefix_safe = 10**9, False
+        q_ids, _ = free.query_ids(query, q_cap)
+        budget = 40 - enc.template.num_special - len(q_ids)
+        expected = 0
+        for ids in own:
+            kept = ids[:d_cap] if d_cap is not None else ids
+            span = budget if mode == "truncate" else 2 * max(1, budget - 6) + budget
+            expected += len(kept) < len(ids) or len(kept) > span
+        assert got.truncated == [expected], (q_cap, d_cap)
+
+
+def test_request_caps_leave_the_cache_and_other_requests_alone(tokenizer: Any) -> None:
+    enc = PairEncoder(tokenizer, max_length=64, max_query_tokens=16)
+    docs = DOCS
+    before = enc.encode(["boundary layer flow"], [docs])
+    both = enc.encode(["boundary layer flow", "boundary layer flow"], [docs, docs],
+                      max_tokens_per_query=[None, 1], max_tokens_per_doc=[2, None])
+    after = enc.encode(["boundary layer flow"], [docs])
+    n = len(docs)
+    assert [a.tolist() for a in after.input_ids] == [b.tolist() for b in before.input_ids]
+    assert [a.tolist() for a in both.input_ids[n:]] != [b.tolist() for b in before.input_ids]
+    assert all(len(ids) <= len(enc.template.prefix) + 16 + len(enc.template.middle) + 2
+               + len(enc.template.suffix) for ids in both.input_ids[:n])
+    assert both.truncated[0] == sum(
+        len(tokenizer(d, add_special_tokens=False)["input_ids"]) > 2 for d in docs
+    )
+    assert both.query_truncated == [False, True] and after.truncated == before.truncated
+    assert (enc.cache_misses, len(enc._cache)) == (len(set(docs)), len(set(docs)))
+    with pytest.raises(ValueError, match="per query"):
+        enc.encode(["q"], [docs], max_tokens_per_doc=[1, 2])

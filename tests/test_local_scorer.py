@@ -188,3 +188,22 @@ def test_document_cache_bounds_come_from_the_config(tiny_model_dir: Path) -> Non
     assert (len(small.encoder._cache), small.encoder.cache_nbytes) == (0, 0)
     small.score([ScoreRequest(QUERY, DOCS[:3])])
     assert len(small.encoder._cache) == 3 and 0 < small.encoder.cache_nbytes <= 1_000
+
+
+def test_request_token_caps_score_as_the_capped_texts(tiny_model_dir: Path) -> None:
+    s = scorer(tiny_model_dir)
+    query, docs = "flow " * 30, ["flow " * 700, "flow " * 5, "heat"]
+    capped = ScoreRequest(query, docs, max_tokens_per_query=4, max_tokens_per_doc=8)
+    (got,) = s.score([capped, ScoreRequest(query, docs)])[:1]
+    (want,) = s.score([ScoreRequest("flow " * 4, ["flow " * 8, "flow " * 5, "heat"])])
+    assert got.scores == pytest.approx(want.scores, abs=1e-6)
+    assert (got.truncated, got.query_truncated) == (1, True)  # "flow " * 5 fits in 8 tokens
+    assert (want.truncated, want.query_truncated) == (0, False)
+    # a cap over the model's length changes nothing; the default scorer caps the query at 64
+    (loose,) = s.score([ScoreRequest(QUERY, DOCS[:4], max_tokens_per_doc=100_000)])
+    (plain,) = s.score([ScoreRequest(QUERY, DOCS[:4])])
+    assert (loose.scores, loose.truncated) == (plain.scores, plain.truncated) == (
+        plain.scores, 1)
+    for bad in (0, -1, True, 1.5):
+        with pytest.raises(ValueError, match="max_tokens_per_doc"):
+            ScoreRequest("q", ["d"], max_tokens_per_doc=bad)  # type: ignore[arg-type]

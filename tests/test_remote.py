@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import threading
+import time
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import httpx
@@ -19,7 +22,9 @@ from crossrank.reranker.remote import (
     call_flow,
     plan,
 )
-from crossrank.reranker.scoring import make_scorer
+from crossrank.reranker.scoring import ScoreResult, make_scorer
+from crossrank.reranker.service.protocol import Limits, parse_cohere, parse_rerank
+from crossrank.reranker.wire import sigmoid as sigmoid_of
 
 REQS = [ScoreRequest("q1", ["a", "b", "c"]), ScoreRequest("q2", []), ScoreRequest("q3", ["d"])]
 
@@ -100,6 +105,75 @@ def test_per_query_formats_map_to_document_order(fmt: str) -> None:
         assert calls[0].decode({"results": items})[0].scores == [0.1, 0.9, 0.5]
         with pytest.raises(ValueError):
             calls[0].decode({"results": items[:2]})
+
+
+def test_requests_send_their_token_caps() -> None:
+    capped = [
+        ScoreRequest("q1", ["a", "b"], max_tokens_per_doc=7),
+        ScoreRequest("q2", ["c"], max_tokens_per_query=3, max_tokens_per_doc=9),
+        ScoreRequest("q3", ["d"]),
+    ]
+    (call,) = plan(cfg(), capped)
+    assert call.body["requests"] == [
+        {"query": "q1", "documents": ["a", "b"], "max_tokens_per_doc": 7},
+        {"query": "q2", "documents": ["c"], "max_tokens_per_query": 3, "max_tokens_per_doc": 9},
+        {"query": "q3", "documents": ["d"]},
+    ]
+    for fmt in ("cohere", "jina"):
+        bodies = [c.body for c in plan(cfg(scorer_format=fmt), capped)]
+        assert [b.get("max_tokens_per_doc") for b in bodies] == [7, 9, None]
+        assert [b.get("max_tokens_per_query") for b in bodies] == [None, 3, None]
+        assert "max_tokens_per_doc" not in bodies[2]  # only sent when a request has a cap
+    assert [c.body["truncate"] for c in plan(cfg(scorer_format="tei"), REQS)] == [True, True]
+    with pytest.raises(ScorerError, match="tei format has no max_tokens_per_doc"):
+        plan(cfg(scorer_format="tei"), capped)
+
+
+def fields(r: ScoreRequest) -> tuple[Any, ...]:
+    return r.query, list(r.documents), r.max_tokens_per_query, r.max_tokens_per_doc
+
+
+@pytest.mark.parametrize("fmt", ["crossrank", "tei", "cohere"])
+@pytest.mark.parametrize("sigmoid", [False, True])
+def test_client_and_service_share_every_wire_shape(fmt: str, sigmoid: bool) -> None:
+    """What plan() sends, the service reads back as the same requests; what the service
+    renders, the client reads back as scores equal to a local scorer's (sigmoid or not)."""
+    capped = [
+        ScoreRequest("q1", ["a", "b", "c"], max_tokens_per_doc=7),
+        ScoreRequest("q3", ["d"], max_tokens_per_query=2),
+    ]
+    requests = capped if fmt != "tei" else REQS
+    raw = {0: [1.0, -3.0, 2.5], 1: [0.0], 2: [0.25]}  # by request index
+    limits = Limits(max_documents=100, max_query_chars=100)
+    read = {"crossrank": parse_rerank, "tei": parse_rerank, "cohere": parse_cohere}[fmt]
+    for call in plan(cfg(scorer_format=fmt, sigmoid=sigmoid), requests):
+        job = read(json.loads(json.dumps(call.body)), limits)
+        assert [fields(r) for r in job.requests] == [fields(requests[i]) for i in call.indexes]
+        served = [ScoreResult(raw[i], truncated=i, model="m") for i in call.indexes]
+        answer = json.loads(json.dumps(job.render(served, "m")))
+        for i, got in zip(call.indexes, call.decode(answer)):
+            local = [sigmoid_of(x) for x in raw[i]] if sigmoid else raw[i]
+            if fmt == "cohere":  # 0..1 on the wire, whatever the client's setting
+                local = [sigmoid_of(x) for x in raw[i]]
+            assert got.scores == pytest.approx(local)
+            assert got.truncated == (i if fmt == "crossrank" else 0)
+
+
+def test_answers_that_do_not_fit_the_request_are_unreadable() -> None:
+    (tei, _) = plan(cfg(scorer_format="tei"), REQS)
+    for bad in (
+        [{"index": 0, "score": 1.0}, {"index": 0, "score": 1.0}, {"index": 1, "score": 1.0}],
+        [{"index": -1, "score": 1.0}, {"index": 0, "score": 1.0}, {"index": 1, "score": 1.0}],
+        [{"index": 0, "score": 1.0}, {"index": 1, "score": 1.0}, {"index": 3, "score": 1.0}],
+        [{"index": 0, "score": True}, {"index": 1, "score": 1.0}, {"index": 2, "score": 1.0}],
+        {"results": []},
+    ):
+        with pytest.raises((ValueError, KeyError, TypeError)):
+            tei.decode(bad)
+    (crossrank,) = plan(cfg(), REQS)
+    for bad in ({"results": [{"scores": [1, 2, 3]}, "x"]}, {"results": [{"scores": "abc"}] * 2}):
+        with pytest.raises((ValueError, KeyError, TypeError)):
+            crossrank.decode(bad)
 
 
 # ---------------------------------------------------------------------- flow and breaker
@@ -201,17 +275,121 @@ async def test_sync_and_async_shells_agree() -> None:
         await scorer.aclose()
 
 
-async def test_async_deadline_on_a_slow_scorer() -> None:
-    async def slow(request: httpx.Request) -> httpx.Response:
-        await asyncio.sleep(5)
-        return crossrank_response()
+# A stalled server holds its answer (before the headers, or half-way through the body) until
+# the test lets it go, long after the deadline: "returned while the server still stalled" is
+# an ordering, true on any machine. The time bounds only catch a shell that waits for the
+# server (STALL seconds) and leave generous room for a slow machine.
+STALL = 60.0
+DEADLINE = 0.5
 
-    scorer = RemoteScorer(cfg(scorer_timeout=0.3), transport=httpx.MockTransport(slow))
-    loop = asyncio.get_running_loop()
-    started = loop.time()
+
+class Stall:
+    """A server that stalls every call (before the headers, or mid-body) until released."""
+
+    def __init__(self, where: str) -> None:
+        self.where = where
+        self.release = threading.Event()
+        self.arelease = asyncio.Event()
+        self.calls = 0
+
+    def __call__(self, request: httpx.Request) -> httpx.Response:
+        self.calls += 1
+        if self.where == "headers":
+            self.release.wait(STALL)
+            return crossrank_response()
+        return httpx.Response(200, content=self._body())
+
+    def _body(self) -> Iterator[bytes]:
+        yield b'{"model": "m", "results": ['
+        self.release.wait(STALL)
+        yield b"]}"
+
+    async def handle_async(self, request: httpx.Request) -> httpx.Response:
+        self.calls += 1
+        if self.where == "headers":
+            await asyncio.wait_for(self.arelease.wait(), STALL)
+            return crossrank_response()
+        return httpx.Response(200, content=self._abody())
+
+    async def _abody(self) -> AsyncIterator[bytes]:
+        yield b'{"model": "m", "results": ['
+        await asyncio.wait_for(self.arelease.wait(), STALL)
+        yield b"]}"
+
+
+@pytest.mark.parametrize("where", ["headers", "body"])
+@pytest.mark.parametrize("run_async", [False, True])
+async def test_both_shells_return_by_the_deadline_when_the_server_stalls(
+    where: str, run_async: bool
+) -> None:
+    stall = Stall(where)
+    handler = stall.handle_async if run_async else stall
+    scorer = RemoteScorer(cfg(scorer_timeout=DEADLINE), transport=httpx.MockTransport(handler))
+    started = time.monotonic()
     with pytest.raises(ScorerError, match="deadline"):
-        await scorer.ascore(REQS)
-    assert loop.time() - started < 1.5
+        await scorer.ascore(REQS) if run_async else scorer.score(REQS)
+    took = time.monotonic() - started
+    assert not stall.release.is_set() and not stall.arelease.is_set()  # still stalled
+    assert stall.calls == 1  # a stall is no connection error: not retried
+    assert DEADLINE * 0.9 <= took < STALL / 2
+    stall.release.set()
+    await scorer.aclose()
+
+
+def test_sync_deadline_is_the_injected_clock() -> None:
+    now = [100.0]
+
+    def handle(request: httpx.Request) -> httpx.Response:
+        now[0] += 20  # the server took 20 s by this clock: past the 10 s deadline
+        return httpx.Response(503, headers={"Retry-After": "0"})
+
+    transport = httpx.MockTransport(handle)
+    scorer = RemoteScorer(cfg(scorer_retries=5), transport=transport, clock=lambda: now[0])
+    with pytest.raises(ScorerError, match="deadline"):
+        scorer.score(REQS)
+    assert now[0] == 120.0  # one call, no retry after the deadline
+
+
+async def test_both_shells_run_the_calls_of_a_request_at_once() -> None:
+    many = [ScoreRequest(f"q{i}", ["a", "b"]) for i in range(5)]  # tei: one call per query
+    answer = [{"index": 0, "score": 1.0}, {"index": 1, "score": 0.0}]
+    both_in = threading.Barrier(len(many), timeout=STALL)
+
+    def handle(request: httpx.Request) -> httpx.Response:
+        both_in.wait()  # breaks unless every call is in flight together
+        return httpx.Response(200, json=answer)
+
+    arrived: list[str] = []
+    all_in = asyncio.Event()
+
+    async def ahandle(request: httpx.Request) -> httpx.Response:
+        arrived.append(json.loads(request.content)["query"])
+        if len(arrived) == len(many):
+            all_in.set()
+        await asyncio.wait_for(all_in.wait(), STALL)
+        return httpx.Response(200, json=answer)
+
+    config = cfg(scorer_format="tei", scorer_timeout=STALL * 2)
+    sync = RemoteScorer(config, transport=httpx.MockTransport(handle))
+    assert [r.scores for r in sync.score(many)] == [[1.0, 0.0]] * 5
+    asyn = RemoteScorer(config, transport=httpx.MockTransport(ahandle))
+    assert [r.scores for r in await asyn.ascore(many)] == [[1.0, 0.0]] * 5
+    assert sorted(arrived) == [f"q{i}" for i in range(5)]
+    await sync.aclose()
+    await asyn.aclose()
+
+
+async def test_both_shells_raise_the_first_failure_of_a_request() -> None:
+    def handle(request: httpx.Request) -> httpx.Response:
+        body = json.loads(request.content)
+        if body["query"] == "q3":
+            return httpx.Response(400, json={"error": {"reason": "bad q3"}})
+        return httpx.Response(200, json=[{"index": i, "score": 1.0} for i in range(3)])
+
+    scorer = RemoteScorer(cfg(scorer_format="tei"), transport=httpx.MockTransport(handle))
+    for run_async in (False, True):
+        with pytest.raises(ScorerError, match="bad q3"):
+            await scorer.ascore(REQS) if run_async else scorer.score(REQS)
     await scorer.aclose()
 
 

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import math
-from collections.abc import AsyncIterator
+import threading
+import time
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -167,17 +170,239 @@ async def test_non_finite_scores_are_a_500(
     assert (await client.post("/rerank", json={"query": "q", "texts": ["a"]})).status_code == 200
 
 
-async def test_concurrent_requests_share_forward_passes(client: httpx.AsyncClient) -> None:
+async def until(condition: Callable[[], bool], what: str, timeout: float = 30.0) -> None:
+    """Wait for ``condition`` (polled, sleeping in between); fail after a generous timeout."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"not within {timeout}s: {what}"
+        await asyncio.sleep(0.01)
+
+
+async def test_concurrent_requests_share_forward_passes(
+    client: httpx.AsyncClient, backends: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
     metrics = client.app.state.metrics  # type: ignore[attr-defined]
-    before = metrics.forward_passes.labels("tiny")._value.get()
+    queue = client.app.state.batchers["tiny"].queue  # type: ignore[attr-defined]
     bodies = [{"query": f"q{i}", "texts": [f"doc {i}", "other"]} for i in range(12)]
+    # forward passes wait until every request is queued: however slowly the requests come
+    # in, the first pass holds the rest, which then share at most two more passes
+    queued, put, forward = threading.Event(), queue.put, backends["tiny"].forward
+    puts: list[Any] = []
+
+    def counting_put(reply: Any, reserved: int) -> None:
+        put(reply, reserved)
+        puts.append(reply)
+        if len(puts) == len(bodies):
+            queued.set()
+
+    def gated_forward(batch: Any) -> Any:
+        assert queued.wait(60), "the requests were never all queued"
+        return forward(batch)
+
+    monkeypatch.setattr(queue, "put", counting_put)
+    monkeypatch.setattr(backends["tiny"], "forward", gated_forward)
+    before = metrics.forward_passes.labels("tiny")._value.get()
     replies = await asyncio.gather(*(client.post("/rerank", json=b) for b in bodies))
     assert all(r.status_code == 200 for r in replies)
     passes = metrics.forward_passes.labels("tiny")._value.get() - before
-    assert 1 <= passes < len(bodies)
+    assert 1 <= passes <= 3 < len(bodies)
     text = (await client.get("/metrics")).text
     assert 'crossrank_requests_total{endpoint="/rerank",outcome="ok"}' in text
     assert "crossrank_stage_seconds_bucket" in text and 'stage="forward"' in text
+
+
+async def test_a_disconnected_client_has_its_queued_pairs_dropped(
+    tiny_model_dir: Path, backends: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Ordered by events, not by speed: the first batch is held in the model until the
+    client has gone, so the rest of the request is still queued when it goes."""
+    app = create_app(settings(tiny_model_dir, batch_tokens=64), backends)
+    metrics = app.state.metrics
+    entered, gate, gone = threading.Event(), threading.Event(), asyncio.Event()
+    forward = backends["tiny"].forward
+
+    def held_forward(batch: Any) -> Any:
+        entered.set()
+        assert gate.wait(60), "never released"
+        return forward(batch)
+
+    monkeypatch.setattr(backends["tiny"], "forward", held_forward)
+    body = json.dumps({"query": "q", "texts": [f"document number {i}" for i in range(40)]})
+    dropped = metrics.pairs_dropped.labels("tiny")
+    before = dropped._value.get()
+    async for _ in open_client(app):  # the lifespan runs the batcher
+        request = asyncio.ensure_future(asgi_post(app, "/rerank", body.encode(), gone))
+        try:
+            assert await asyncio.to_thread(entered.wait, 60), "no batch reached the model"
+            gone.set()  # the client disconnects while its first batch is in the model
+            status, reply = await asyncio.wait_for(request, 60)
+        finally:
+            gate.set()
+        assert status == 499 and reply["error"]["type"] == "disconnected"
+        await until(lambda: dropped._value.get() > before, "the queued pairs were dropped")
+        outcome = metrics.requests.labels("/rerank", "disconnected")._value.get()
+        assert outcome >= 1
+        await until(lambda: app.state.batchers["tiny"].queue.pending == 0, "the queue drained")
+
+
+async def asgi_post(app: Any, path: str, body: bytes, gone: asyncio.Event) -> tuple[int, Any]:
+    """POST straight to the ASGI app, whose client disconnects when ``gone`` is set (httpx's
+    ASGITransport only reports a disconnect after the response)."""
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "POST",
+        "scheme": "http",
+        "path": path,
+        "raw_path": path.encode(),
+        "query_string": b"",
+        "root_path": "",
+        "client": ("127.0.0.1", 1),
+        "server": ("svc", 80),
+        "headers": [
+            (b"host", b"svc"),
+            (b"content-type", b"application/json"),
+            (b"content-length", str(len(body)).encode()),
+        ],
+    }
+    sent: list[dict[str, Any]] = []
+    first = True
+
+    async def receive() -> dict[str, Any]:
+        nonlocal first
+        if first:
+            first = False
+            return {"type": "http.request", "body": body, "more_body": False}
+        await gone.wait()
+        return {"type": "http.disconnect"}
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    await app(scope, receive, send)
+    content = b"".join(m.get("body", b"") for m in sent if m["type"] == "http.response.body")
+    return sent[0]["status"], json.loads(content)
+
+
+# ---------------------------------------------------------------------- token caps
+
+
+async def test_token_caps_are_applied(client: httpx.AsyncClient, tiny_model_dir: Path) -> None:
+    local = LocalScorer(RerankConfig(model=str(tiny_model_dir), dtype="float32"))
+    query, docs = "flow " * 30, ["flow " * 200, "flow " * 5, "heat"]  # under max_body_bytes
+    capped = ScoreRequest(query, docs, max_tokens_per_query=4, max_tokens_per_doc=8)
+    (want,) = local.score([capped])
+    (plain,) = local.score([ScoreRequest(query, docs)])
+    assert want.scores != plain.scores and (want.truncated, plain.truncated) == (1, 0)
+    item = {"query": query, "documents": docs, "max_tokens_per_query": 4, "max_tokens_per_doc": 8}
+    r = await client.post("/rerank", json={"requests": [item, {"query": query, "documents": docs}]})
+    got, uncapped = r.json()["results"]
+    assert got["scores"] == pytest.approx(want.scores, abs=1e-5)
+    assert (got["truncated"], got["query_truncated"]) == (1, True)
+    assert uncapped["scores"] == pytest.approx(plain.scores, abs=1e-5)  # caps are per request
+    body = {"query": query, "documents": docs, "max_tokens_per_doc": 8, "max_tokens_per_query": 4}
+    for path in ("/v1/rerank", "/v2/rerank"):  # Cohere's and Jina's field, and vLLM's
+        results = (await client.post(path, json=body)).json()["results"]
+        by_index = sorted(results, key=lambda x: x["index"])
+        assert [x["relevance_score"] for x in by_index] == pytest.approx(
+            [sigmoid(s) for s in want.scores], abs=1e-5
+        )
+    none = {
+        "query": query,
+        "documents": docs,
+        "max_tokens_per_doc": 0,
+        "max_tokens_per_query": None,
+    }
+    results = (await client.post("/v1/rerank", json=none)).json()["results"]  # 0: no cap (vLLM)
+    assert sorted(x["relevance_score"] for x in results) == pytest.approx(
+        sorted(sigmoid(s) for s in plain.scores), abs=1e-5
+    )
+
+
+async def test_remote_scorer_and_service_agree_through_the_shared_wire(
+    tiny_model_dir: Path, backends: Any
+) -> None:
+    """RemoteScorer (async shell) against the app in process: every format's request and
+    answer, caps included, give a local scorer's scores (sigmoid applied once)."""
+    from crossrank.reranker.remote import RemoteScorer
+
+    app = create_app(settings(tiny_model_dir, max_body_bytes=1 << 20), backends)
+    local = LocalScorer(RerankConfig(model=str(tiny_model_dir), dtype="float32"))
+    query, docs = "flow " * 30, ["flow " * 700, "flow " * 5, "heat transfer"]
+    capped = [ScoreRequest(query, docs, max_tokens_per_query=4, max_tokens_per_doc=8)]
+    plain = [ScoreRequest(QUERY, DOCS), ScoreRequest("heat", ["x"])]
+    formats = [("crossrank", False), ("crossrank", True), ("tei", False), ("tei", True)]
+    formats += [("cohere", False), ("jina", True)]
+    async for _ in open_client(app):
+        for fmt, sig in formats:
+            config = RerankConfig(
+                scorer_urls=("http://svc",), scorer_format=fmt, sigmoid=sig, model="tiny"
+            )
+            remote = RemoteScorer(config, transport=httpx.ASGITransport(app=app))
+            for requests in (plain, capped) if fmt != "tei" else (plain,):
+                want = local.score(requests)
+                got = await remote.ascore(requests)
+                for g, w in zip(got, want):
+                    squash = sig or fmt in ("cohere", "jina")  # 0..1 on their wire
+                    expected = [sigmoid(s) for s in w.scores] if squash else w.scores
+                    assert g.scores == pytest.approx(expected, abs=1e-5), (fmt, sig)
+                    if fmt == "crossrank":
+                        cut = (g.truncated, g.query_truncated)
+                        assert cut == (w.truncated, w.query_truncated)
+            await remote.aclose()
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "words"),
+    [
+        (
+            "/v1/rerank",
+            {"query": "q", "documents": ["a"], "max_tokens_per_doc": -1},
+            "max_tokens_per_doc",
+        ),
+        (
+            "/v2/rerank",
+            {"query": "q", "documents": ["a"], "max_tokens_per_query": "8"},
+            "max_tokens_per_query",
+        ),
+        (
+            "/v2/rerank",
+            {"query": "q", "documents": ["a"], "max_tokens_per_doc": True},
+            "max_tokens_per_doc",
+        ),
+        (
+            "/rerank",
+            {"requests": [{"query": "q", "documents": ["a"], "max_tokens_per_doc": 1.5}]},
+            "requests[0].max_tokens_per_doc",
+        ),
+        ("/rerank", {"query": "q", "texts": ["a"], "truncate": "no"}, "truncate"),
+    ],
+)
+async def test_bad_caps_are_400(
+    client: httpx.AsyncClient, path: str, body: Any, words: str
+) -> None:
+    assert words in _error(await client.post(path, json=body), 400, "invalid_request")
+
+
+async def test_tei_truncate_false_refuses_what_does_not_fit(
+    client: httpx.AsyncClient, backends: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    metrics = client.app.state.metrics  # type: ignore[attr-defined]
+    queue = client.app.state.batchers["tiny"].queue  # type: ignore[attr-defined]
+    passes = metrics.forward_passes.labels("tiny")
+    before = passes._value.get()
+    strict = {"query": QUERY, "texts": DOCS, "truncate": False}  # DOCS[3] is 700 tokens
+    reason = _error(await client.post("/rerank", json=strict), 413, "payload_too_large")
+    assert "1 of the 4 texts" in reason and "512 tokens" in reason and "truncate" in reason
+    long_query = {"query": "flow " * 100, "texts": ["a"], "truncate": False}  # over 64 tokens
+    reason = _error(await client.post("/rerank", json=long_query), 413, "payload_too_large")
+    assert "max_query_tokens" in reason
+    assert passes._value.get() == before and queue.pending == 0  # refused before any scoring
+    fits = await client.post("/rerank", json={**strict, "texts": DOCS[:3]})
+    assert fits.status_code == 200 and len(fits.json()) == 3
+    for cut in ({"query": QUERY, "texts": DOCS}, {"query": QUERY, "texts": DOCS, "truncate": True}):
+        assert (await client.post("/rerank", json=cut)).status_code == 200  # TEI auto-truncate
 
 
 # ---------------------------------------------------------------------- hostile input

@@ -4,7 +4,10 @@ Documents are tokenized once (without special tokens) and their ids kept in an L
 keyed by tokenizer and content hash, bounded in entries and in bytes; per request only the
 query is tokenized, and the pair inputs are assembled from the tokenizer's own pair
 template. The result equals the tokenizer's own ``tokenizer(query, doc,
-truncation="only_second")`` encoding.
+truncation="only_second")`` encoding. A request may bring its own caps
+(``max_tokens_per_query``, ``max_tokens_per_doc``): its query and documents are then cut to
+that many tokens first, exactly as if the texts had held only those tokens, and the cache
+is shared with uncapped requests.
 
 Only the tokens that can ever be used are tokenized and kept: the first ``keep_tokens`` of a
 document (the largest document budget, or ``max_passages`` windows of it, plus one token so
@@ -47,6 +50,7 @@ from typing import Any, Literal
 import numpy as np
 import numpy.typing as npt
 
+from crossrank.reranker.errors import ConfigurationError, UnsupportedModelError
 from crossrank.reranker.jsonio import scrub
 
 __all__ = ["EncodedPairs", "PairEncoder", "PairTemplate", "prefix_encode", "splits_at_spaces"]
@@ -193,7 +197,7 @@ class PairEncoder:
             tokenizer, "_tokenizer", None
         )
         if backend is None:
-            raise TypeError("PairEncoder needs a fast (Rust `tokenizers`) tokenizer")
+            raise UnsupportedModelError("PairEncoder needs a fast (Rust `tokenizers`) tokenizer")
         # A private copy, so the transformers wrapper's truncation/padding state never leaks in.
         self._backend = type(backend).from_str(backend.to_str())
         self._backend.no_truncation()
@@ -203,7 +207,7 @@ class PairEncoder:
         self.max_length = max_length
         self.max_query_tokens = min(max_query_tokens, max_length - self.template.num_special - 1)
         if self.max_query_tokens < 1:
-            raise ValueError(f"max_length {max_length} leaves no room for the query")
+            raise ConfigurationError(f"max_length {max_length} leaves no room for the query")
         self.long_documents = long_documents
         self.passage_overlap = passage_overlap
         self.max_passages = max_passages
@@ -283,16 +287,19 @@ class PairEncoder:
                 _, old = self._cache.popitem(last=False)
                 self.cache_nbytes -= old.nbytes
 
-    def query_ids(self, query: str) -> tuple[Ids, bool]:
-        """Token ids of the query, capped at ``max_query_tokens``; and whether it was cut.
+    def query_ids(self, query: str, max_tokens: int | None = None) -> tuple[Ids, bool]:
+        """Token ids of the query, capped at ``max_query_tokens`` (and at ``max_tokens``, a
+        request's own cap, when smaller); and whether it was cut.
 
         Only a prefix of a long query is tokenized (see :func:`prefix_encode`), with the
         GIL released; the result equals tokenizing the whole query.
         """
-        limit = self.max_query_tokens + 1
+        cap = (
+            self.max_query_tokens if max_tokens is None else min(max_tokens, self.max_query_tokens)
+        )
+        limit = cap + 1
         (ids,) = prefix_encode(self._backend, [scrub(query)], limit, self._first_chars(limit))
-        cut = len(ids) > self.max_query_tokens
-        return np.asarray(ids[: self.max_query_tokens], dtype=np.int64), cut
+        return np.asarray(ids[:cap], dtype=np.int64), len(ids) > cap
 
     def _windows(self, doc: Ids, budget: int) -> tuple[list[Ids], bool]:
         """The pieces of ``doc`` to score, and whether any content was dropped."""
@@ -310,18 +317,41 @@ class PairEncoder:
             start += step
         return pieces, True
 
-    def encode(self, queries: Sequence[str], documents: Sequence[Sequence[str]]) -> EncodedPairs:
-        """Encode each query with its documents."""
+    def encode(
+        self,
+        queries: Sequence[str],
+        documents: Sequence[Sequence[str]],
+        *,
+        max_tokens_per_query: Sequence[int | None] | None = None,
+        max_tokens_per_doc: Sequence[int | None] | None = None,
+    ) -> EncodedPairs:
+        """Encode each query with its documents.
+
+        ``max_tokens_per_query[r]`` / ``max_tokens_per_doc[r]`` (None: none) are request
+        ``r``'s own caps: its query, and each of its documents, are cut to that many tokens
+        first (a document so cut counts as truncated). The cache is not affected: it holds
+        the same tokens of a document whatever the caps.
+        """
         flat = [d for docs in documents for d in docs]
         doc_ids = iter(self.document_ids(flat))
+        query_caps = list(max_tokens_per_query or [None] * len(queries))
+        doc_caps = list(max_tokens_per_doc or [None] * len(queries))
+        if not len(query_caps) == len(doc_caps) == len(queries):
+            raise ValueError("one query cap and one document cap per query")
         enc = EncodedPairs([], [], [], [], [], [])
-        for r, (query, docs) in enumerate(zip(queries, documents)):
-            q_ids, q_cut = self.query_ids(query)
+        for r, (query, docs, q_cap, d_cap) in enumerate(
+            zip(queries, documents, query_caps, doc_caps)
+        ):
+            q_ids, q_cut = self.query_ids(query, q_cap)
             budget = self.max_length - self.template.num_special - len(q_ids)
             truncated = split = 0
             for d in range(len(docs)):
-                pieces, dropped = self._windows(next(doc_ids), budget)
-                truncated += dropped
+                doc = next(doc_ids)
+                # exact: the cache holds min(length, keep_tokens) tokens, so a cap under
+                # keep_tokens sees the true length; over it, the windows tell as without one
+                capped = d_cap is not None and len(doc) > d_cap
+                pieces, dropped = self._windows(doc[:d_cap] if capped else doc, budget)
+                truncated += dropped or capped
                 split += len(pieces) > 1
                 for piece in pieces:
                     ids, types = self.template.assemble(q_ids, piece)

@@ -72,8 +72,14 @@ class LocalScorer:
     # ------------------------------------------------------------------ steps
 
     def encode(self, requests: Sequence[ScoreRequest]) -> EncodedPairs:
-        """Tokenize and assemble the pairs of ``requests`` (documents come from the cache)."""
-        return self.encoder.encode([r.query for r in requests], [r.documents for r in requests])
+        """Tokenize and assemble the pairs of ``requests`` (documents come from the cache),
+        honouring each request's own token caps."""
+        return self.encoder.encode(
+            [r.query for r in requests],
+            [r.documents for r in requests],
+            max_tokens_per_query=[r.max_tokens_per_query for r in requests],
+            max_tokens_per_doc=[r.max_tokens_per_doc for r in requests],
+        )
 
     def pad(self, input_ids: Sequence[Ids], token_type_ids: Sequence[Ids]) -> PaddedBatch:
         """Right-pad encoded rows to the longest one: (ids, token types, attention mask)."""

@@ -154,7 +154,8 @@ def create_app(
             name = job.model or settings.default_model
             if name not in batchers:
                 raise InvalidRequestError(f"unknown model {name!r}; served: {sorted(batchers)}")
-            results = await _unless_disconnected(request, batchers[name].score(job.requests))
+            work = batchers[name].score(job.requests, job.check)
+            results = await _unless_disconnected(request, work)
             return JSONResponse(job.render(results, name))
         except Exception as exc:
             status, outcome, body, headers = error_response(exc)

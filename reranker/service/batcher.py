@@ -18,6 +18,7 @@ from crossrank.reranker.local import PaddedBatch
 from crossrank.reranker.scoring import ScoreRequest, ScoreResult
 from crossrank.reranker.service.backend import ModelBackend
 from crossrank.reranker.service.metrics import ServiceMetrics
+from crossrank.reranker.service.protocol import Check
 from crossrank.reranker.service.queue import PairQueue, Reply, Row
 
 __all__ = ["Batcher"]
@@ -49,10 +50,13 @@ class Batcher:
 
     # ------------------------------------------------------------------ requests
 
-    async def score(self, requests: Sequence[ScoreRequest]) -> list[ScoreResult]:
+    async def score(
+        self, requests: Sequence[ScoreRequest], check: Check | None = None
+    ) -> list[ScoreResult]:
         """Admit, tokenize, enqueue and await the scores of ``requests``.
 
-        Raises ``OverloadedError`` when the queue is full. Cancelling the caller drops the
+        Raises ``OverloadedError`` when the queue is full, and whatever ``check`` raises
+        about the encoded pairs (before they are queued). Cancelling the caller drops the
         request's pairs.
         """
         name, queue = self.backend.name, self.queue
@@ -62,6 +66,8 @@ class Batcher:
         started = time.monotonic()
         try:
             encoded = await asyncio.to_thread(self.backend.encode, requests)
+            if check is not None:
+                check(encoded, self.backend.info())
         except BaseException as exc:
             queue.release(reserved)
             self._gauge()

@@ -1,22 +1,18 @@
-"""Validation and response shapes of every endpoint, and the one error → status table.
+"""Validation of every endpoint's requests, how each renders its results, and the one
+error → status table.
 
-Request bodies (parsed JSON) become a :class:`Job`: the model asked for, the
-:class:`ScoreRequest` list, and how to render the results. Formats:
+The shapes of the formats (crossrank, TEI, Cohere/Jina/vLLM) and the rule of raw versus
+sigmoid scores are :mod:`crossrank.reranker.wire`'s, shared with the remote client (a body of
+the wrong shape is a 400 from there); this module adds the service's own rules. A body
+becomes a :class:`Job`: the model asked for, the :class:`ScoreRequest` list (with any
+``max_tokens_per_doc`` / ``max_tokens_per_query`` caps, applied by the encoder), how to
+render the results, and an optional check of the encoded pairs.
 
-- crossrank ``POST /rerank``: ``{"model"?, "requests": [{"query", "documents": [str]}]}``
-  → ``{"model", "results": [{"scores", "truncated", "split", "query_truncated"}]}``,
-  raw model scores in document order (several queries per call, for msearch).
-- TEI ``POST /rerank`` (told apart by ``texts``): ``{"query", "texts", "raw_scores"?,
-  "return_text"?, "truncate"?}`` → ``[{"index", "score", "text"?}]`` by score, descending;
-  sigmoid unless ``raw_scores``.
-- Cohere ``POST /v1/rerank`` and ``/v2/rerank`` (also Jina's shape): ``{"query",
-  "documents": [str | {"text"}], "top_n"?, "return_documents"?, "max_tokens_per_doc"?,
-  "model"?}`` → ``{"id", "results": [{"index", "relevance_score", "document"?}], "meta"}``,
-  relevance in 0..1 (sigmoid).
-
-Documents are always truncated to the model's length (reported, never an error), so TEI's
-``truncate`` and Cohere's ``max_tokens_per_doc`` are accepted and validated, not applied.
-Too many documents is **413**, like an oversized body. A query longer than ``max_query_chars``
+Documents are truncated to the model's length (reported, never an error) unless a TEI body
+says ``"truncate": false``: then a text that does not fit the model with the query, or a
+query over ``max_query_tokens``, is **413** after tokenizing and before any scoring (TEI
+answers 413 too: its validation error, ``inputs must have less than N tokens``). Too many
+documents is **413**, like an oversized body. A query longer than ``max_query_chars``
 characters, and text that is not valid Unicode (a lone surrogate such as ``"\\ud800"``, legal
 in a JSON escape), are **400**, found here before anything is tokenized; the limits come in one
 :class:`Limits`. Errors have one body shape for every endpoint:
@@ -27,11 +23,11 @@ text goes to the log).
 from __future__ import annotations
 
 import math
-import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from crossrank.reranker import wire
 from crossrank.reranker.errors import (
     ClientDisconnectedError,
     InvalidRequestError,
@@ -42,21 +38,35 @@ from crossrank.reranker.errors import (
     UnauthorizedError,
     public_reason,
 )
+from crossrank.reranker.local.encoding import EncodedPairs
 from crossrank.reranker.scoring import ScoreRequest, ScoreResult
 from crossrank.reranker.service.settings import ServeSettings
+from crossrank.reranker.wire import sigmoid
 
-__all__ = ["Job", "Limits", "error_response", "parse_cohere", "parse_rerank", "sigmoid"]
+__all__ = [
+    "Job",
+    "Limits",
+    "error_response",
+    "parse_cohere",
+    "parse_rerank",
+    "refuse_truncation",
+    "sigmoid",
+]
 
 Render = Callable[[list[ScoreResult], str], Any]
+#: a check of the encoded pairs, before they are queued; gets the model's ``info()``
+Check = Callable[[EncodedPairs, Mapping[str, Any]], None]
 
 
 @dataclass
 class Job:
-    """A validated request: the model asked for (None: default), its pairs, its renderer."""
+    """A validated request: the model asked for (None: default), its pairs, its renderer,
+    and a check of its encoded pairs (None: none)."""
 
     model: str | None
     requests: list[ScoreRequest]
     render: Render
+    check: Check | None = None
 
 
 @dataclass(frozen=True)
@@ -73,78 +83,17 @@ class Limits:
         return cls(settings.max_documents, settings.rerank.max_query_chars)
 
 
-def sigmoid(x: float) -> float:
-    """The logistic function, without overflow."""
-    if x >= 0:
-        return 1.0 / (1.0 + math.exp(-x))
-    e = math.exp(x)
-    return e / (1.0 + e)
-
-
-# ---------------------------------------------------------------------- field checks
-
-
-def _object(body: Any) -> dict[str, Any]:
-    if not isinstance(body, dict):
-        raise InvalidRequestError("the body must be a JSON object")
-    return body
-
-
-def _unicode(value: str, where: str) -> str:
-    """``value``, if it is valid Unicode (no lone surrogate): a tokenizer needs UTF-8."""
-    if not value.isascii():
-        try:
-            value.encode("utf-8")
-        except UnicodeEncodeError as exc:
+def _check_limits(
+    request: wire.CrossrankRequest | wire.TeiRequest | wire.CohereRequest,
+    requests: list[ScoreRequest],
+    limits: Limits,
+) -> None:
+    for i, r in enumerate(requests):
+        if len(r.query) > limits.max_query_chars:
             raise InvalidRequestError(
-                f"'{where}' is not valid Unicode: lone surrogate U+{ord(value[exc.start]):04X} "
-                f"at character {exc.start}"
-            ) from None
-    return value
-
-
-def _query(value: Any, limits: Limits, where: str = "query") -> str:
-    if not isinstance(value, str) or not value.strip():
-        raise InvalidRequestError(f"'{where}' must be a non-empty string")
-    if len(value) > limits.max_query_chars:
-        raise InvalidRequestError(
-            f"'{where}' has {len(value)} characters, over the limit of "
-            f"{limits.max_query_chars} (max_query_chars)"
-        )
-    return _unicode(value, where)
-
-
-def _texts(value: Any, where: str, *, objects: bool = False) -> list[str]:
-    if not isinstance(value, list) or not value:
-        raise InvalidRequestError(f"'{where}' must be a non-empty list")
-    out: list[str] = []
-    for i, item in enumerate(value):
-        if objects and isinstance(item, dict):
-            item = item.get("text")
-        if not isinstance(item, str):
-            shape = "a string or {'text': string}" if objects else "a string"
-            raise InvalidRequestError(f"'{where}[{i}]' must be {shape}")
-        out.append(_unicode(item, f"{where}[{i}]"))
-    return out
-
-
-def _optional(body: dict[str, Any], key: str, kind: type, default: Any) -> Any:
-    value = body.get(key, default)
-    if value is None:
-        return default
-    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
-        raise InvalidRequestError(f"'{key}' must be of type {kind.__name__}")
-    if isinstance(value, int) and not isinstance(value, bool) and value < 1:
-        raise InvalidRequestError(f"'{key}' must be at least 1")
-    return value
-
-
-def _model(body: dict[str, Any]) -> str | None:
-    name: str | None = _optional(body, "model", str, None)
-    return None if name is None else _unicode(name, "model")
-
-
-def _check_count(requests: list[ScoreRequest], limits: Limits) -> None:
+                f"'{request.query_field(i)}' has {len(r.query)} characters, over the limit of "
+                f"{limits.max_query_chars} (max_query_chars)"
+            )
     total = sum(len(r.documents) for r in requests)
     if total > limits.max_documents:
         raise PayloadTooLargeError(
@@ -153,99 +102,68 @@ def _check_count(requests: list[ScoreRequest], limits: Limits) -> None:
         )
 
 
+def refuse_truncation(encoded: EncodedPairs, model: Mapping[str, Any]) -> None:
+    """TEI's ``"truncate": false``: 413 if any content had to be cut to fit the model
+    (``model`` is the backend's ``info()``: ``max_length``, ``max_query_tokens``)."""
+    if any(encoded.query_truncated):
+        raise PayloadTooLargeError(
+            f"the query is longer than {model['max_query_tokens']} tokens (max_query_tokens) "
+            "and 'truncate' is false; send truncate=true or a shorter query"
+        )
+    cut = sum(encoded.truncated)
+    if cut:
+        texts = len(set(encoded.owner))
+        raise PayloadTooLargeError(
+            f"{cut} of the {texts} texts do not fit in the model's {model['max_length']} tokens "
+            "together with the query, and 'truncate' is false; send truncate=true or shorter "
+            "texts"
+        )
+
+
 # ---------------------------------------------------------------------- formats
 
 
-def _parse_crossrank(body: dict[str, Any], limits: Limits) -> Job:
-    items = body.get("requests")
-    if not isinstance(items, list) or not items:
-        raise InvalidRequestError("'requests' must be a non-empty list")
-    requests = []
-    for i, item in enumerate(items):
-        if not isinstance(item, dict):
-            raise InvalidRequestError(f"'requests[{i}]' must be an object")
-        query = _query(item.get("query"), limits, f"requests[{i}].query")
-        requests.append(
-            ScoreRequest(query, _texts(item.get("documents"), f"requests[{i}].documents"))
-        )
-    _check_count(requests, limits)
+def _crossrank(request: wire.CrossrankRequest, limits: Limits) -> Job:
+    requests = list(request.requests)
+    _check_limits(request, requests, limits)
 
     def render(results: list[ScoreResult], model: str) -> Any:
-        return {
-            "model": model,
-            "results": [
-                {
-                    "scores": r.scores,
-                    "truncated": r.truncated,
-                    "split": r.split,
-                    "query_truncated": r.query_truncated,
-                }
-                for r in results
-            ],
-        }
+        return wire.CrossrankResponse(model, tuple(results)).to_json()
 
-    return Job(_model(body), requests, render)
+    return Job(request.model, requests, render)
 
 
-def _parse_tei(body: dict[str, Any], limits: Limits) -> Job:
-    texts = _texts(body.get("texts"), "texts")
-    request = ScoreRequest(_query(body.get("query"), limits), texts)
-    raw = _optional(body, "raw_scores", bool, False)
-    return_text = _optional(body, "return_text", bool, False)
-    _optional(body, "truncate", bool, False)
-    _check_count([request], limits)
+def _tei(request: wire.TeiRequest, limits: Limits) -> Job:
+    _check_limits(request, [request.request], limits)
+    texts = request.texts if request.return_text else None
 
     def render(results: list[ScoreResult], model: str) -> Any:
-        scores = results[0].scores if raw else [sigmoid(s) for s in results[0].scores]
-        order = sorted(range(len(scores)), key=lambda i: -scores[i])
-        return [
-            {"index": i, "score": scores[i], **({"text": texts[i]} if return_text else {})}
-            for i in order
-        ]
+        scores = wire.to_wire(results[0].scores, request.squashed)
+        return wire.TeiResponse(tuple(scores), texts).to_json()
 
-    return Job(_model(body), [request], render)
+    check = refuse_truncation if request.truncate is False else None
+    return Job(request.model, [request.request], render, check)
 
 
 def parse_rerank(body: Any, limits: Limits) -> Job:
     """``POST /rerank``: TEI's body when it has ``texts``, else crossrank's."""
-    body = _object(body)
-    if "texts" in body:
-        return _parse_tei(body, limits)
-    if "requests" in body:
-        return _parse_crossrank(body, limits)
-    raise InvalidRequestError(
-        "expected {'requests': [{'query', 'documents'}]} (crossrank) or {'query', 'texts'} (TEI)"
-    )
+    request = wire.read_rerank(body)
+    if isinstance(request, wire.TeiRequest):
+        return _tei(request, limits)
+    return _crossrank(request, limits)
 
 
 def parse_cohere(body: Any, limits: Limits, version: int = 2) -> Job:
-    """``POST /v1/rerank`` and ``/v2/rerank`` (Cohere's and Jina's shape)."""
-    body = _object(body)
-    docs = _texts(body.get("documents"), "documents", objects=True)
-    request = ScoreRequest(_query(body.get("query"), limits), docs)
-    top_n = _optional(body, "top_n", int, len(docs))
-    return_documents = _optional(body, "return_documents", bool, False)
-    _optional(body, "max_tokens_per_doc", int, None)
-    _check_count([request], limits)
+    """``POST /v1/rerank`` and ``/v2/rerank`` (Cohere's, Jina's and vLLM's shape)."""
+    request = wire.CohereRequest.from_json(body)
+    _check_limits(request, [request.request], limits)
+    docs = request.documents if request.return_documents else None
 
     def render(results: list[ScoreResult], model: str) -> Any:
-        scores = [sigmoid(s) for s in results[0].scores]
-        order = sorted(range(len(scores)), key=lambda i: -scores[i])[:top_n]
-        return {
-            "id": str(uuid.uuid4()),
-            "model": model,
-            "results": [
-                {
-                    "index": i,
-                    "relevance_score": scores[i],
-                    **({"document": {"text": docs[i]}} if return_documents else {}),
-                }
-                for i in order
-            ],
-            "meta": {"api_version": {"version": str(version)}, "billed_units": {"search_units": 1}},
-        }
+        scores = wire.to_wire(results[0].scores, request.squashed)
+        return wire.CohereResponse(model, tuple(scores), docs, request.top_n, version).to_json()
 
-    return Job(_model(body), [request], render)
+    return Job(request.model, [request.request], render)
 
 
 # ---------------------------------------------------------------------- errors
