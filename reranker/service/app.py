@@ -99,90 +99,84 @@ async def _unless_disconnected(request: Request, work: Awaitable[T]) -> T:
     raise ClientDisconnectedError("the client disconnected; its pairs were dropped")
 
 
-def create_app(
-    settings: ServeSettings, backends: Mapping[str, ModelBackend] | None = None
-) -> FastAPI:
-    """The scorer service app; ``backends`` (already loaded models) or loaded from settings."""
-    models = dict(backends) if backends is not None else load_backends(settings)
-    limits = Limits.of(settings)
-    metrics = ServiceMetrics()
-    executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="crossrank-forward")
-    batchers = {
-        name: Batcher(
-            backend,
-            metrics,
-            executor,
-            max_pairs=settings.max_queue_pairs,
-            batch_tokens=settings.batch_tokens,
-            max_wait=settings.max_wait_ms / 1000,
-            retry_after=settings.retry_after,
-        )
-        for name, backend in models.items()
-    }
-    state = {"status": "starting"}
+class _Service:
+    """One service's state (models, batchers, metrics) and its endpoint handlers."""
+
+    def __init__(self, settings: ServeSettings, models: Mapping[str, ModelBackend]) -> None:
+        self.settings, self.models = settings, dict(models)
+        self.limits = Limits.of(settings)
+        self.metrics = ServiceMetrics()
+        self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="crossrank-forward")
+        self.batchers = {
+            name: Batcher(
+                backend,
+                self.metrics,
+                self.executor,
+                max_pairs=settings.max_queue_pairs,
+                batch_tokens=settings.batch_tokens,
+                max_wait=settings.max_wait_ms / 1000,
+                retry_after=settings.retry_after,
+            )
+            for name, backend in self.models.items()
+        }
+        self.status = "starting"
 
     @asynccontextmanager
-    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        for batcher in batchers.values():
+    async def lifespan(self, app: FastAPI) -> AsyncIterator[None]:
+        """Start the batchers; on shutdown drain the admitted work, then stop."""
+        for batcher in self.batchers.values():
             batcher.start()
-        state["status"] = "ok"
+        self.status = "ok"
         try:
             yield
         finally:
-            state["status"] = "draining"
-            await asyncio.gather(*(b.drain() for b in batchers.values()))
-            executor.shutdown(wait=True)
+            self.status = "draining"
+            await asyncio.gather(*(b.drain() for b in self.batchers.values()))
+            self.executor.shutdown(wait=True)
 
-    app = FastAPI(title="crossrank scorer", lifespan=lifespan, docs_url=None, redoc_url=None)
-    app.state.metrics = metrics
-    app.state.batchers = batchers
-
-    def authorize(request: Request) -> None:
-        if settings.api_key is None:
+    def authorize(self, request: Request) -> None:
+        key = self.settings.api_key
+        if key is None:
             return
         scheme, _, token = request.headers.get("authorization", "").partition(" ")
         if scheme.lower() != "bearer" or not hmac.compare_digest(
-            token.strip().encode(), settings.api_key.encode()
+            token.strip().encode(), key.encode()
         ):
             raise UnauthorizedError("missing or wrong bearer token")
 
-    async def serve(request: Request, endpoint: str, parse: Parse) -> Response:
+    async def serve(self, request: Request, endpoint: str, parse: Parse) -> Response:
+        """Every scoring endpoint: auth → body → validation → queue → render, or an error."""
         outcome = "ok"
         try:
-            authorize(request)
-            job = parse(await _read_json(request, settings.max_body_bytes), limits)
-            name = job.model or settings.default_model
-            if name not in batchers:
-                raise InvalidRequestError(f"unknown model {name!r}; served: {sorted(batchers)}")
-            work = batchers[name].score(job.requests, job.check)
+            self.authorize(request)
+            body = await _read_json(request, self.settings.max_body_bytes)
+            job = parse(body, self.limits)
+            name = job.model or self.settings.default_model
+            if name not in self.batchers:
+                raise InvalidRequestError(
+                    f"unknown model {name!r}; served: {sorted(self.batchers)}"
+                )
+            work = self.batchers[name].score(job.requests, job.check)
             results = await _unless_disconnected(request, work)
             return JSONResponse(job.render(results, name))
         except Exception as exc:
-            status, outcome, body, headers = error_response(exc)
+            status, outcome, error, headers = error_response(exc)
             if status >= 500:
                 log.error("%s failed: %s", endpoint, exc, exc_info=exc)
-            return JSONResponse(body, status, headers)
+            return JSONResponse(error, status, headers)
         finally:
-            metrics.requests.labels(endpoint, outcome).inc()
+            self.metrics.requests.labels(endpoint, outcome).inc()
 
-    async def rerank(request: Request) -> Response:
-        return await serve(request, "/rerank", parse_rerank)
+    async def health(self) -> Response:
+        ok = self.status == "ok"
+        return JSONResponse({"status": self.status}, 200 if ok else 503)
 
-    async def cohere_v1(request: Request) -> Response:
-        return await serve(request, "/v1/rerank", lambda b, lim: parse_cohere(b, lim, 1))
-
-    async def cohere_v2(request: Request) -> Response:
-        return await serve(request, "/v2/rerank", lambda b, lim: parse_cohere(b, lim, 2))
-
-    async def health() -> Response:
-        ok = state["status"] == "ok"
-        return JSONResponse({"status": state["status"]}, 200 if ok else 503)
-
-    async def info() -> Response:
+    async def info(self) -> Response:
+        settings, limits = self.settings, self.limits
         return JSONResponse(
             {
                 "default_model": settings.default_model,
-                "models": [b.info() for b in models.values()],
+                "models": [b.info() for b in self.models.values()],
                 "limits": {
                     "max_documents": limits.max_documents,
                     "max_query_chars": limits.max_query_chars,
@@ -195,20 +189,42 @@ def create_app(
             }
         )
 
-    async def prometheus() -> Response:
-        return Response(metrics.render(), media_type=CONTENT_TYPE)
+    async def prometheus(self) -> Response:
+        return Response(self.metrics.render(), media_type=CONTENT_TYPE)
 
-    async def http_error(request: Request, exc: Exception) -> Response:
-        status = exc.status_code if isinstance(exc, StarletteHTTPException) else 500
-        kind = "not_found" if status == 404 else "http_error"
-        body = {"error": {"type": kind, "reason": str(getattr(exc, "detail", exc))}}
-        return JSONResponse({**body, "status": status}, status)
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    status = exc.status_code if isinstance(exc, StarletteHTTPException) else 500
+    kind = "not_found" if status == 404 else "http_error"
+    body = {"error": {"type": kind, "reason": str(getattr(exc, "detail", exc))}}
+    return JSONResponse({**body, "status": status}, status)
+
+
+def create_app(
+    settings: ServeSettings, backends: Mapping[str, ModelBackend] | None = None
+) -> FastAPI:
+    """The scorer service app; ``backends`` (already loaded models) or loaded from settings."""
+    service = _Service(settings, backends if backends is not None else load_backends(settings))
+    app = FastAPI(
+        title="crossrank scorer", lifespan=service.lifespan, docs_url=None, redoc_url=None
+    )
+    app.state.metrics = service.metrics
+    app.state.batchers = service.batchers
+
+    async def rerank(request: Request) -> Response:
+        return await service.serve(request, "/rerank", parse_rerank)
+
+    async def cohere_v1(request: Request) -> Response:
+        return await service.serve(request, "/v1/rerank", lambda b, lim: parse_cohere(b, lim, 1))
+
+    async def cohere_v2(request: Request) -> Response:
+        return await service.serve(request, "/v2/rerank", lambda b, lim: parse_cohere(b, lim, 2))
 
     app.add_api_route("/rerank", rerank, methods=["POST"])
     app.add_api_route("/v1/rerank", cohere_v1, methods=["POST"])
     app.add_api_route("/v2/rerank", cohere_v2, methods=["POST"])
-    app.add_api_route("/health", health, methods=["GET"])
-    app.add_api_route("/info", info, methods=["GET"])
-    app.add_api_route("/metrics", prometheus, methods=["GET"])
-    app.add_exception_handler(StarletteHTTPException, http_error)
+    app.add_api_route("/health", service.health, methods=["GET"])
+    app.add_api_route("/info", service.info, methods=["GET"])
+    app.add_api_route("/metrics", service.prometheus, methods=["GET"])
+    app.add_exception_handler(StarletteHTTPException, _http_error)
     return app
