@@ -197,8 +197,6 @@ def evaluate(
     progress: bool = True,
 ) -> EvalResult:
     """Run every query, build the BM25 / reranked / fused runs and score them with ranx."""
-    from ranx import Qrels, Run
-    from ranx import evaluate as ranx_evaluate
     from tqdm import tqdm
 
     config = client.rerank_config
@@ -232,8 +230,19 @@ def evaluate(
         runs["bm25"][qid] = {h["_id"]: s for h, s in zip(by_engine, engine_scores)}
         runs["reranked"][qid] = {h["_id"]: s for h, s in zip(by_engine, ce_scores)}
         runs["fused"][qid] = {h["_id"]: s for h, s in zip(by_engine, fused)}
+    result = _scored(runs, collection, [*METRICS, f"recall@{window}"])
+    result.latency_ms = {stage: _percentiles(values) for stage, values in stages.items() if values}
+    return result
+
+
+def _scored(
+    runs: dict[str, dict[str, dict[str, float]]], collection: Collection, metrics: list[str]
+) -> EvalResult:
+    """Per-query and mean metrics of each run, with ranx."""
+    from ranx import Qrels, Run
+    from ranx import evaluate as ranx_evaluate
+
     qrels = Qrels({q: collection.qrels[q] for q in collection.queries})
-    metrics = [*METRICS, f"recall@{window}"]
     result = EvalResult(runs)
     for name, run in runs.items():
         # ranx needs every judged query in the run; a query with no hits scores zero.
@@ -247,7 +256,6 @@ def evaluate(
         result.summary[name] = {
             m: float(sum(v.values()) / len(v)) for m, v in result.per_query[name].items()
         }
-    result.latency_ms = {stage: _percentiles(values) for stage, values in stages.items() if values}
     return result
 
 
