@@ -1,6 +1,8 @@
 # crossrank: setup and the full test run (unit tests, then real engines in two passes).
 #   make setup   venv + deps, the elasticsearch-py 8 overlay, engine zips (cached)
 #   make test    ruff, mypy, unit tests, integration pass 1 (ES 9 / OpenSearch) and pass 2 (ES 8)
+#   make wheel-check  build the sdist and wheel, install the wheel[all,dev] into a fresh venv
+#                and run the unit tests against it, without the source tree (.ci/check_wheel.sh)
 
 SHELL := /bin/bash
 .SHELLFLAGS := -euo pipefail -c
@@ -19,7 +21,7 @@ ENGINES_PASS2 ?= elasticsearch:8.19.21
 PYTEST_ARGS ?=
 
 .PHONY: setup demo venv es8 engines test lint typecheck unit integration integration-pass1 \
-        integration-pass2 clean
+        integration-pass2 wheel-check clean
 
 setup: venv es8 engines
 
@@ -61,6 +63,12 @@ integration-pass1:
 integration-pass2:
 	PYTHONPATH="$(CURDIR)/$(ES8)" CROSSRANK_ENGINES="$(ENGINES_PASS2)" \
 	    $(PY) -m pytest integration_tests $(PYTEST_ARGS)
+
+# Ship what is tested: after setup (build and twine are dev extras). Several minutes: the fresh
+# venv installs torch again, from pip's cache.
+wheel-check:
+	PYTHON="$(PYTHON)" DEV_PYTHON="$(abspath $(PY))" PYTEST_ARGS="$(PYTEST_ARGS)" \
+	    bash .ci/check_wheel.sh
 
 clean:
 	rm -rf $(VENV) $(ES8) .mypy_cache .ruff_cache .pytest_cache

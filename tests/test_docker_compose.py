@@ -88,10 +88,66 @@ def test_images_are_the_tested_engine_versions() -> None:
     assert ("elasticsearch", es_tag) in tested and ("opensearch", os_tag) in tested
 
 
+def dockerfile_stages() -> list[list[tuple[str, str]]]:
+    """docker/Dockerfile as stages, each a list of (INSTRUCTION, arguments), lines joined."""
+    text = (ROOT / "docker" / "Dockerfile").read_text()
+    lines = [line for line in text.splitlines() if not line.lstrip().startswith("#")]
+    joined = re.sub(r"\\\n", " ", "\n".join(lines))
+    stages: list[list[tuple[str, str]]] = []
+    for line in joined.splitlines():
+        if not line.strip():
+            continue
+        instruction, _, args = line.strip().partition(" ")
+        if instruction.upper() == "FROM":
+            stages.append([])
+        assert stages, f"instruction before FROM: {line}"
+        stages[-1].append((instruction.upper(), " ".join(args.split())))
+    return stages
+
+
 def test_dockerfile_installs_what_the_commands_need() -> None:
-    dockerfile = (ROOT / "docker" / "Dockerfile").read_text()
-    assert 'pip install --no-cache-dir ".[all]"' in dockerfile
-    assert 'ENTRYPOINT ["crossrank"]' in dockerfile
-    for folder in ("adapters", "reranker"):
-        assert f"COPY {folder} {folder}" in dockerfile
+    final = dockerfile_stages()[-1]
+    assert ("ENTRYPOINT", '["crossrank"]') in final
+    installs = [args for ins, args in final if ins == "RUN" and "pip install" in args]
+    assert any("[all]" in args for args in installs), installs
     assert (ROOT / "pyproject.toml").read_text().count('crossrank = "crossrank.adapters.cli:main"')
+
+
+def test_dockerfile_installs_the_built_wheel_not_the_source_tree() -> None:
+    """The image runs the artifact CI tests (make wheel-check): a wheel, built in a first stage.
+
+    The final stage installs ``<the wheel>[all]`` and takes nothing from the build context: no
+    ``COPY adapters``/``reranker``, no ``pip install .`` or ``-e``, nothing copied into
+    site-packages, no PYTHONPATH, so a module that the wheel lacks cannot hide in the image.
+    """
+    stages = dockerfile_stages()
+    assert len(stages) >= 2, "a stage that builds the wheel, then the final one"
+    *builders, final = stages
+    names = set()
+    for stage in builders:
+        words = stage[0][1].split()  # FROM image [AS name]
+        names |= {words[-1]} if len(words) == 3 and words[1].upper() == "AS" else set()
+    builds = [args for stage in builders for ins, args in stage if ins == "RUN"]
+    assert any("-m build" in args and "--wheel" in args for args in builds), builds
+
+    copies = [args for ins, args in final if ins in ("COPY", "ADD")]
+    assert copies, "the final stage copies the wheel from the build stage"
+    for args in copies:
+        source_stage = re.match(r"--from=(\S+)\s", args)
+        assert source_stage and source_stage.group(1) in names, f"COPY from the context: {args}"
+        assert "adapters" not in args and "reranker" not in args, args
+        assert "site-packages" not in args, args
+    for stage in stages:
+        for ins, args in stage:
+            if ins in ("COPY", "ADD"):
+                assert "site-packages" not in args, args
+            if ins == "ENV":
+                assert "PYTHONPATH" not in args, args
+
+    installs = [args for ins, args in final if ins == "RUN" and "pip install" in args]
+    assert installs
+    for args in installs:
+        assert ".whl" in args, f"installs no wheel: {args}"
+        assert not re.search(r"pip install[^&;|]*\s(-e|--editable)\s", args), args
+        source_tree = r"pip install[^&;|]*\s[\"']?\.(\[[^]]*\])?[\"']?([\s&;|]|$)"
+        assert not re.search(source_tree, args), f"installs the source tree: {args}"
