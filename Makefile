@@ -1,6 +1,7 @@
 # crossrank: setup and the full test run (unit tests, then real engines in two passes).
 #   make setup   venv + deps, the elasticsearch-py 8 overlay, engine zips (cached)
-#   make test    ruff, mypy, unit tests, integration pass 1 (ES 9 / OpenSearch) and pass 2 (ES 8)
+#   make test    ruff, mypy, unit tests, integration pass 1 (ES 9 / OpenSearch) and pass 2 (ES 8),
+#                then the built wheel in a fresh venv (imports, --help, unit tests)
 #   make wheel-check  build the sdist and wheel, install the wheel[all,dev] into a fresh venv
 #                and run the unit tests against it, without the source tree (.ci/check_wheel.sh)
 
@@ -42,7 +43,8 @@ es8: venv
 engines: venv
 	$(PY) -m crossrank.adapters.nodes fetch $(ENGINES_PASS1) $(ENGINES_PASS2)
 
-test: lint typecheck unit integration
+# The whole check, as CI runs it: the last step tests the built wheel, installed alone.
+test: lint typecheck unit integration wheel-check
 
 lint:
 	$(BIN)/ruff check .
