@@ -7,7 +7,8 @@ there) and the metrics where the judgments are; ``cli`` runs the real commands i
              self-supervised training groups exactly as ``crossrank train`` does, and record
              the engine's BM25 top-100 (title + text) for every test query → a bundle
     run      for each recipe: teacher labels (the base's own similarity), ``train``, and at
-             chosen steps score the BM25 windows through ``LocalScorer`` → runs (JSON)
+             chosen steps score the BM25 windows through ``LocalScorer`` at the model's
+             training length (as served) → runs (JSON)
     report   ranx nDCG@10 / MRR@10 of BM25, the teacher (base as a bi-encoder), each recipe
              reranked and fused with BM25 (weighted min-max, weight 0.5: the library default,
              not tuned on the judgments) → a markdown table
@@ -21,6 +22,10 @@ there) and the metrics where the judgments are; ``cli`` runs the real commands i
 
 The test judgments are read by ``report`` only; the queries are used only to fetch the BM25
 windows that are scored. Nothing here is tuned per collection.
+
+Document texts everywhere (training groups, teacher, scored windows) are
+``document_text`` of ``title`` + ``text`` (``RerankConfig`` defaults), as the proxy builds
+them; training and scoring encode pairs with the same ``PairEncoder``.
 """
 
 from __future__ import annotations
@@ -52,8 +57,15 @@ RECIPES: dict[str, tuple[dict[str, Any], tuple[str, ...]]] = {
 }
 
 
+class _Stop(Exception):
+    """Raised after the last snapshot of a run whose schedule is longer than its steps."""
+
+
 def _doc_text(doc: dict[str, str]) -> str:
-    return "\n".join(doc[f] for f in FIELDS if doc.get(f))
+    """The document text serving builds for ``doc`` (title + text, the default settings)."""
+    from crossrank.adapters.training.mining import hit_text, text_config
+
+    return hit_text({"_source": doc}, text_config(*FIELDS))
 
 
 def prepare(args: argparse.Namespace) -> None:
@@ -61,7 +73,7 @@ def prepare(args: argparse.Namespace) -> None:
     from crossrank.adapters.connect import client_for
     from crossrank.adapters.evaluation import index_collection, load_beir, pick_analyzer
     from crossrank.adapters.nodes import EngineNode, EngineSpec
-    from crossrank.adapters.training.mining import KINDS, self_supervised_groups
+    from crossrank.adapters.training.mining import KINDS, self_supervised_groups, text_config
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -87,6 +99,7 @@ def prepare(args: argparse.Namespace) -> None:
                     limit=args.groups,
                     seed=0,
                     kinds=(kind,),
+                    config=text_config(*FIELDS),
                 ):
                     ids = [by_text[t] for t in g.negatives if t in by_text]
                     groups.append(
@@ -119,12 +132,21 @@ def prepare(args: argparse.Namespace) -> None:
             )
 
 
-def _score_windows(model_dir: str, bundle: dict[str, Any], device: str) -> dict[str, Any]:
-    """Cross-encoder scores of every BM25 window, through the standard reranker path."""
+def _score_windows(
+    model_dir: str,
+    bundle: dict[str, Any],
+    device: str,
+    dtype: str = "auto",
+    max_length: int | None = None,
+) -> dict[str, Any]:
+    """Cross-encoder scores of every BM25 window, through the standard reranker path; at the
+    model's training length (``crossrank_max_length``) unless ``max_length`` is given."""
     from crossrank.adapters.core.inputs import document_text
     from crossrank.reranker import LocalScorer, RerankConfig, ScoreRequest
 
-    config = RerankConfig(model=model_dir, fields=FIELDS, max_length=256, device=device)
+    config = RerankConfig(
+        model=model_dir, fields=FIELDS, max_length=max_length, device=device, dtype=dtype
+    )
     scorer = LocalScorer(config)
     docs = bundle["docs"]
     qids = list(bundle["windows"])
@@ -175,6 +197,9 @@ def run(args: argparse.Namespace) -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     at = sorted(int(s) for s in args.steps_at.split(","))
+    schedule = args.schedule or at[-1]
+    if schedule < at[-1]:
+        raise SystemExit(f"--schedule {schedule} is shorter than the last of --steps-at")
     recipes = args.recipes.split(",") if args.recipes else list(RECIPES)
     state: dict[str, dict[str, Any]] = {}
     for name in args.collections.split(","):
@@ -210,7 +235,8 @@ def run(args: argparse.Namespace) -> None:
                     "base": args.base,
                     "output": Path(tempfile.mkdtemp()) / "m",
                     "loss": "distill",
-                    "steps": at[-1],
+                    "steps": schedule,
+                    "dtype": args.dtype,
                     "checkpoint_every": 10**9,
                     "resume": False,
                     **overrides,
@@ -234,7 +260,9 @@ def run(args: argparse.Namespace) -> None:
                 with tempfile.TemporaryDirectory() as tmp:
                     model.save_pretrained(tmp)
                     tokenizer.save_pretrained(tmp)
-                    st["runs"][f"{recipe}@{step}"] = _score_windows(tmp, st["bundle"], "auto")
+                    st["runs"][f"{recipe}@{step}"] = _score_windows(
+                        tmp, st["bundle"], "auto", args.dtype, args.score_max_length
+                    )
                 st["timings"][f"{recipe}@{step}"] = round(trained, 1)
                 clock["scoring"] += time.perf_counter() - begin
                 print(
@@ -242,8 +270,13 @@ def run(args: argparse.Namespace) -> None:
                     f" scored {time.perf_counter() - begin:.0f} s",
                     flush=True,
                 )
+                if step == at[-1] and step < schedule:
+                    raise _Stop  # the rest of the schedule is not measured
 
-            train(groups, settings, progress=False, on_model=snapshot)
+            try:
+                train(groups, settings, progress=False, on_model=snapshot)
+            except _Stop:
+                pass
             (out / f"{name}.runs.json").write_text(
                 json.dumps({"runs": st["runs"], "timings": st["timings"]})
             )
@@ -349,6 +382,20 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--collections", default=",".join(COLLECTIONS))
     r.add_argument("--recipes", default="")
     r.add_argument("--steps-at", default="300,1000")
+    r.add_argument(
+        "--schedule",
+        type=int,
+        default=0,
+        help="steps of the learning-rate schedule (default: the last of --steps-at); "
+        "training stops after the last of --steps-at",
+    )
+    r.add_argument("--dtype", default="auto", help="training autocast and scoring dtype")
+    r.add_argument(
+        "--score-max-length",
+        type=int,
+        default=None,
+        help="score at this length (default: the model's training length, as served)",
+    )
     r.add_argument("--queries", type=int, default=0, help="score only the first N (smoke test)")
     o = sub.add_parser("report")
     o.add_argument("--bundle", required=True)

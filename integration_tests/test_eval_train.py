@@ -90,6 +90,7 @@ def test_train_self_supervised_from_the_index(
     )
     scorer = LocalScorer(RerankConfig(model=str(out)))
     assert len(scorer.score([ScoreRequest(groups[0].query, [groups[0].positive])])[0].scores) == 1
+    assert scorer.describe()["max_length"] == 64  # served at its training length
 
 
 def test_strong_bm25_analyzer_where_the_engine_has_it(engine: Any) -> None:

@@ -7,6 +7,8 @@ from pathlib import Path
 from typing import Any
 
 from crossrank.adapters.cli.train import main as train_main
+from crossrank.adapters.core.inputs import document_text
+from crossrank.adapters.training.loop import TrainingPairs
 from crossrank.adapters.training.mining import self_supervised_groups
 from crossrank.reranker import LocalScorer, RerankConfig, ScoreRequest
 
@@ -44,3 +46,41 @@ def test_default_recipe_trains_a_loadable_cross_encoder(
     scorer = LocalScorer(RerankConfig(model=str(out), dtype="float32"))
     (result,) = scorer.score([ScoreRequest("computer indexing", ["automatic indexing", "x"])])
     assert len(result.scores) == 2
+    assert scorer.describe()["max_length"] == meta["max_length"] == 128  # its training length
+    assert meta["document_text"]["fields"] == ["title", "text"]
+
+
+TEMPLATE = "{meta.words}: {title}\n{text}"
+
+
+def test_training_text_and_tokens_are_the_served_ones(
+    engine: Any, tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    """On the real engine's hits: the negatives are the texts serving builds (a template with
+    a dotted path, fetched through _source filtering), and the trained model's pairs are the
+    served pairs, at the training length."""
+    out = tmp_path / "model"
+    argv = ["--engine-url", engine.url, "--index", INDEX, "--base", str(tiny_model_dir)]
+    argv += ["--output", str(out), "--steps", "2", "--limit", "4", "--dtype", "float32"]
+    argv += ["--template", TEMPLATE, "--max-length", "64", "--max-query-tokens", "16"]
+    assert train_main(argv) == 0
+    meta = json.loads((out / "crossrank_training.json").read_text())
+    assert meta["document_text"]["template"] == TEMPLATE
+    config = RerankConfig(model=str(out), template=TEMPLATE, dtype="float32", max_query_tokens=16)
+    groups = self_supervised_groups(
+        engine.client(), INDEX, query_field="title", doc_field="text", negatives=30,
+        skip_top=0, limit=4, seed=0, kinds=("title", "sentence"), depth=30, config=config,
+    )  # fmt: skip
+    everything = engine.raw_search({"query": {"match_all": {}}, "size": 1000})["hits"]["hits"]
+    served = {document_text(hit, config).text for hit in everything}
+    assert all(set(g.negatives) <= served for g in groups)
+    assert any(":" in t.split("\n")[0] for g in groups for t in g.negatives)  # meta.words
+    scorer = LocalScorer(config)
+    assert scorer.describe()["max_length"] == 64
+    pairs = TrainingPairs(scorer.tokenizer, max_length=64, max_query_tokens=16)
+    for g in groups:
+        docs = [g.positive, *g.negatives]
+        trained = pairs.encode([g.query], [docs])
+        enc = scorer.encode([ScoreRequest(g.query, docs)])
+        for mine, theirs in zip(trained, scorer.pad(enc.input_ids, enc.token_type_ids)):
+            assert mine.shape == theirs.shape and (mine == theirs).all()

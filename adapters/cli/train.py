@@ -15,11 +15,19 @@ classification head fitted to that similarity; no labels are needed, and unjudge
 among the candidates are not punished. With hard labels (``listwise``, ``bce``) the top
 ``--skip-top`` BM25 ranks are left out of the negatives instead. The model is saved in
 Hugging Face format; the local scorer and the scorer service load it as-is.
+
+Training sees what serving scores: document texts from ``--fields`` (default: the query
+field, then the document field) or ``--template`` and ``--field-separator``, as the proxy's
+and the client wrappers' options of the same names build them (give training the ones you
+serve with), and pairs encoded by the scorer's own encoder (query capped at
+``--max-query-tokens``, the document filling the rest of ``--max-length``). The model's
+config records its training length, which the scorer serves at unless ``max_length`` is set.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -32,9 +40,11 @@ from crossrank.adapters.training.mining import (
     KINDS,
     judged_groups,
     self_supervised_groups,
+    text_config,
 )
+from crossrank.reranker.config import RerankConfig
 
-__all__ = ["SETTING_OPTIONS", "main", "parser", "settings_for"]
+__all__ = ["SETTING_OPTIONS", "main", "parser", "settings_for", "text_config_for"]
 
 
 #: ``TrainSettings`` fields that are options of their own; their defaults are the settings'.
@@ -42,7 +52,8 @@ SETTING_OPTIONS: dict[str, tuple[Callable[[str], Any], str]] = {
     "steps": (int, "optimizer steps"),
     "batch_groups": (int, "groups per step"),
     "negatives": (int, "negatives per group and step"),
-    "max_length": (int, "tokens per pair"),
+    "max_length": (int, "tokens per pair, saved with the model as its serving length"),
+    "max_query_tokens": (int, "query tokens per pair at most (serving: max_query_tokens)"),
     "learning_rate": (float, "body learning rate"),
     "head_learning_rate": (float, "classification-head learning rate"),
     "temperature": (float, "teacher softmax temperature"),
@@ -69,6 +80,19 @@ def settings_for(args: argparse.Namespace) -> TrainSettings:
     )
 
 
+def text_config_for(args: argparse.Namespace) -> RerankConfig:
+    """The document-text settings of a parsed command line (``--fields``, ``--template``,
+    ``--field-separator``), as the proxy reads its options of the same names."""
+    fields = [f.strip() for f in args.fields.split(",") if f.strip()] if args.fields else None
+    return text_config(
+        args.query_field,
+        args.doc_field,
+        fields=fields,
+        template=args.template,
+        field_separator=args.field_separator,
+    )
+
+
 def parser() -> argparse.ArgumentParser:
     """The ``crossrank train`` command line."""
     p = argparse.ArgumentParser(
@@ -84,6 +108,18 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--split", default="train")
     p.add_argument("--query-field", default="title")
     p.add_argument("--doc-field", default="text")
+    text = p.add_argument_group(
+        "document text (as served: give the proxy's or the wrapper's settings)"
+    )
+    text.add_argument(
+        "--fields",
+        help="comma-separated fields or dotted paths (default: the query field, the doc field)",
+    )
+    text.add_argument("--template", help='e.g. "{title}: {text}" (instead of --fields)')
+    separator = RerankConfig.model_fields["field_separator"].default
+    text.add_argument(
+        "--field-separator", help=f"between --fields (default: {json.dumps(separator)})"
+    )
     p.add_argument(
         "--kinds",
         default=",".join(KINDS),
@@ -118,6 +154,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``crossrank train``."""
     args = parser().parse_args(argv)
     settings = settings_for(args)
+    config = text_config_for(args)
     distill = settings.loss == "distill"
     skip_top = args.skip_top if args.skip_top is not None else (0 if distill else 3)
     client = client_for(args.engine_url)
@@ -132,6 +169,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             negatives=args.candidates,
             skip_top=0,
             seed=settings.seed,
+            config=config,
         )
     else:
         groups = self_supervised_groups(
@@ -145,6 +183,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             seed=settings.seed,
             kinds=[k.strip() for k in args.kinds.split(",") if k.strip()],
             depth=args.depth,
+            config=config,
         )
     if not groups:
         print("crossrank train: no training groups could be built from the index", file=sys.stderr)
@@ -161,7 +200,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         groups = label_groups(
             groups, args.base, max_length=args.teacher_max_length, device=settings.device
         )
-    out = train(groups, settings)
+    document = config.model_dump(include={"fields", "template", "field_separator", "source"})
+    out = train(groups, settings, record={"document_text": document})
     print(f"saved {out}")
     return 0
 

@@ -2,7 +2,17 @@
 format so :class:`~crossrank.reranker.LocalScorer` and the scorer service load it as-is.
 
 Pure training: text groups in, a model directory out. Where the groups come from (judged
-pairs, or pseudo-queries with BM25 negatives from a live index) is the caller's business.
+pairs, or pseudo-queries with BM25 negatives from a live index) is the caller's business;
+their document texts should be what serving scores (:func:`~crossrank.adapters.core.inputs.
+document_text` with the serving fields or template: :mod:`.mining` builds them so).
+
+Train/serve parity: the pairs are encoded by the scorer's own
+:class:`~crossrank.reranker.local.encoding.PairEncoder` (query capped at
+``max_query_tokens``, the document filling the rest of ``max_length``, the tokenizer's pair
+template) and padded by the scorer's :func:`~crossrank.reranker.local.batching.pad`, so a
+(query, document) pair is the same token ids in training as in scoring. The training length
+is saved in the model's config (``crossrank_max_length``, ``crossrank_max_query_tokens``),
+which the local scorer serves at unless told otherwise.
 
 Losses: ``listwise`` (softmax cross-entropy, the positive is the answer), ``bce`` (pointwise),
 and ``distill`` (listwise KL to a teacher distribution: ``softmax(teacher / temperature)``
@@ -17,16 +27,22 @@ import json
 import logging
 import random
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-__all__ = ["TrainGroup", "TrainSettings", "train"]
+from crossrank.reranker.config import RerankConfig
+from crossrank.reranker.local.batching import PaddedBatch, pad
+from crossrank.reranker.local.encoding import PairEncoder
+
+__all__ = ["TrainGroup", "TrainSettings", "TrainingPairs", "train"]
 
 CHECKPOINT = "checkpoint"
+#: The serving default (``RerankConfig.max_query_tokens``): the same cap in both unless set.
+_MAX_QUERY_TOKENS: int = RerankConfig.model_fields["max_query_tokens"].default
 
 
 @dataclass(frozen=True)
@@ -52,6 +68,7 @@ class TrainSettings(BaseModel):
     batch_groups: int = Field(4, ge=1)
     negatives: int = Field(7, ge=1)
     max_length: int = Field(128, ge=16)
+    max_query_tokens: int = Field(_MAX_QUERY_TOKENS, ge=1)
     learning_rate: float = Field(1e-4, gt=0)
     head_learning_rate: float = Field(1e-3, gt=0)
     warmup: float = Field(0.1, ge=0, le=1)
@@ -96,23 +113,51 @@ def _sample(group: TrainGroup, k: int, rng: random.Random) -> tuple[list[str], l
     return docs + [""] * pad, scores + [min(scores) - 1.0] * pad
 
 
-def _encode(
-    tokenizer: Any, queries: list[str], docs: list[str], max_length: int, device: Any
-) -> Any:
-    """The padded pair batch on ``device``; the longer side of a pair is cut first, so a
-    pseudo-query longer than ``max_length`` is shortened instead of failing the batch."""
-    return tokenizer(
-        queries,
-        docs,
-        truncation="longest_first",
-        max_length=max_length,
-        padding=True,
-        return_tensors="pt",
-    ).to(device)
+class TrainingPairs:
+    """Model inputs for training, built exactly as the local scorer builds the pairs it
+    scores: :class:`PairEncoder` (query capped at ``max_query_tokens``, the document cut to
+    fill the rest of ``max_length``, the tokenizer's pair template) and the scorer's
+    :func:`pad`. This class only turns those rows into tensors."""
+
+    def __init__(self, tokenizer: Any, *, max_length: int, max_query_tokens: int) -> None:
+        self.encoder = PairEncoder(
+            tokenizer, max_length=max_length, max_query_tokens=max_query_tokens
+        )
+        pad_id = tokenizer.pad_token_id
+        self.pad_id = int(pad_id) if pad_id is not None else 0
+        self.uses_token_types = "token_type_ids" in tokenizer.model_input_names
+
+    @property
+    def max_length(self) -> int:
+        return self.encoder.max_length
+
+    @property
+    def max_query_tokens(self) -> int:
+        return self.encoder.max_query_tokens
+
+    def encode(self, queries: Sequence[str], documents: Sequence[Sequence[str]]) -> PaddedBatch:
+        """Rows of each query with its documents, in order, right-padded to the longest."""
+        enc = self.encoder.encode(queries, documents)
+        return pad(enc.input_ids, enc.token_type_ids, self.pad_id)
+
+    def inputs(
+        self, queries: Sequence[str], documents: Sequence[Sequence[str]], device: Any
+    ) -> dict[str, Any]:
+        """The padded batch as model keyword arguments on ``device``."""
+        import torch
+
+        batch = self.encode(queries, documents)
+        out = {
+            "input_ids": torch.from_numpy(batch.input_ids).to(device),
+            "attention_mask": torch.from_numpy(batch.attention_mask).to(device),
+        }
+        if self.uses_token_types:
+            out["token_type_ids"] = torch.from_numpy(batch.token_type_ids).to(device)
+        return out
 
 
 def _fit_head(
-    model: Any, tokenizer: Any, groups: Sequence[TrainGroup], settings: TrainSettings
+    model: Any, pairs: TrainingPairs, groups: Sequence[TrainGroup], settings: TrainSettings
 ) -> None:
     """Set the classification head to the least-squares fit of the frozen model's pooled
     features to the (per-group centred) teacher scores, so training starts from the base's
@@ -131,8 +176,7 @@ def _fit_head(
     model.eval()
     with torch.inference_mode():
         for g in labelled:
-            docs = [g.positive, *g.negatives]
-            enc = _encode(tokenizer, [g.query] * len(docs), docs, settings.max_length, device)
+            enc = pairs.inputs([g.query], [[g.positive, *g.negatives]], device)
             pooled = base(**enc).pooler_output.float()
             feats.append(pooled - pooled.mean(0))
             t = torch.tensor(g.teacher, device=device)
@@ -168,12 +212,17 @@ def train(
     progress: bool = True,
     on_step: Callable[[int, float], None] | None = None,
     on_model: Callable[[int, Any, Any], None] | None = None,
+    record: Mapping[str, Any] | None = None,
 ) -> Path:
     """Train on ``groups`` (cycled, shuffled per epoch) and save to ``settings.output``.
 
     Resumes from ``output/checkpoint`` when it exists and ``resume`` is set. Returns the
-    output directory, a Hugging Face sequence-classification model with its tokenizer.
-    ``on_model(step, model, tokenizer)`` sees the model (in eval mode) after each step.
+    output directory, a Hugging Face sequence-classification model with its tokenizer; its
+    config holds the training length (``crossrank_max_length``: ``max_length``, capped at
+    the model's limit as the scorer caps it) and query cap (``crossrank_max_query_tokens``),
+    in checkpoints too. ``on_model(step, model, tokenizer)`` sees the model (in eval mode)
+    after each step; a model it saves carries the same keys. ``record`` is added to
+    ``crossrank_training.json`` (e.g. the document-text settings the groups were built with).
     """
     import torch
     from tqdm import tqdm
@@ -185,6 +234,7 @@ def train(
     from transformers.utils import logging as hf_logging
 
     from crossrank.reranker.local import pick_device, pick_dtype
+    from crossrank.reranker.local.model import _max_length
 
     if not groups:
         raise ValueError("no training groups")
@@ -202,10 +252,18 @@ def train(
         model = AutoModelForSequenceClassification.from_pretrained(source, num_labels=1)
     finally:
         hf_logging.set_verbosity(verbosity)
+    # The scorer's rule: the model's limit caps the length (position table, tokenizer).
+    pairs = TrainingPairs(
+        tokenizer,
+        max_length=min(settings.max_length, _max_length(tokenizer, model)),
+        max_query_tokens=settings.max_query_tokens,
+    )
+    model.config.crossrank_max_length = pairs.max_length  # saved with every save_pretrained
+    model.config.crossrank_max_query_tokens = pairs.max_query_tokens
     device = pick_device(settings.device)
     model.to(device)
     if settings.head_init == "fit" and not resume:
-        _fit_head(model, tokenizer, groups, settings)
+        _fit_head(model, pairs, groups, settings)
     model.train()
     dtype = pick_dtype(device, settings.dtype)
     device_type = device.split(":")[0]
@@ -246,13 +304,12 @@ def train(
             batch.append(groups[order[cursor]])
             cursor += 1
         k = settings.negatives
-        queries, docs, teacher = [], [], []
+        docs, teacher = [], []
         for g in batch:
             group_docs, group_teacher = _sample(g, k, rng)
-            queries += [g.query] * (k + 1)
-            docs += group_docs
+            docs.append(group_docs)
             teacher.append(group_teacher)
-        enc = _encode(tokenizer, queries, docs, settings.max_length, device)
+        enc = pairs.inputs([g.query for g in batch], docs, device)
         with torch.autocast(device_type, dtype=dtype, enabled=dtype != torch.float32):
             logits = model(**enc).logits.float().view(len(batch), k + 1)
         loss = _loss(logits, settings, torch.tensor(teacher, device=device))
@@ -295,6 +352,9 @@ def train(
         shutil.rmtree(ckpt)
     meta = {
         **settings.model_dump(mode="json"),
+        **(record or {}),
+        "crossrank_max_length": pairs.max_length,
+        "crossrank_max_query_tokens": pairs.max_query_tokens,
         "groups": len(groups),
         "seconds": round(time.perf_counter() - started, 1),
         "example": {k: v for k, v in asdict(groups[0]).items() if k != "teacher"},

@@ -1,35 +1,91 @@
 """Training groups from a live engine: pseudo-queries from your documents (self-supervised)
-or judged queries, with BM25 candidates from the index."""
+or judged queries, with BM25 candidates from the index.
+
+Every document text here — positives and negatives — is what serving scores for the same
+hit: :func:`~crossrank.adapters.core.inputs.document_text` with a :class:`RerankConfig`'s
+``fields`` (or ``template``) and ``field_separator``, read from the hit's ``_source``. Give
+mining the document-text settings the proxy or client wrapper uses; by default they are the
+pseudo-query field and the document field, in that order (``title``, ``text``: the
+``RerankConfig`` default).
+"""
 
 from __future__ import annotations
 
 import random
 import re
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
 
+from crossrank.adapters.core.inputs import document_text
 from crossrank.adapters.training.loop import TrainGroup
+from crossrank.reranker.config import RerankConfig
 
 __all__ = [
     "KINDS",
     "PseudoQuery",
+    "hit_text",
     "judged_groups",
     "mine_negatives",
     "pseudo_queries",
     "self_supervised_groups",
     "sentences",
+    "text_config",
+    "text_fields",
 ]
+
+#: ``{name}`` placeholders of a template once ``{{``/``}}`` escapes are set aside (as
+#: :func:`document_text` reads them).
+_PLACEHOLDER = re.compile(r"\{([^{}]+)\}")
 
 
 def _body(resp: Any) -> Any:
     return getattr(resp, "body", resp)
 
 
+def text_config(
+    query_field: str = "title",
+    doc_field: str = "text",
+    *,
+    fields: Sequence[str] | None = None,
+    template: str | None = None,
+    field_separator: str | None = None,
+) -> RerankConfig:
+    """The document-text settings training shares with serving: ``fields`` (default: the
+    pseudo-query field, then the document field) or ``template``, and ``field_separator``."""
+    options: dict[str, Any] = {"fields": tuple(fields or (query_field, doc_field))}
+    if template is not None:
+        options["template"] = template
+    if field_separator is not None:
+        options["field_separator"] = field_separator
+    return RerankConfig(**options)
+
+
+def text_fields(config: RerankConfig) -> list[str]:
+    """The ``_source`` fields :func:`document_text` reads under ``config``."""
+    if config.template is None:
+        return list(config.fields)
+    template = config.template.replace("{{", "\0").replace("}}", "\1")
+    return list(dict.fromkeys(m.strip() for m in _PLACEHOLDER.findall(template)))
+
+
+def _check(config: RerankConfig) -> None:
+    if config.source != "_source":
+        raise ValueError(
+            f"training reads document texts from _source, not {config.source!r}: "
+            "pass a config with source='_source'"
+        )
+
+
+def hit_text(hit: Mapping[str, Any], config: RerankConfig) -> str:
+    """The document text of an engine hit (or ``{"_source": doc}``), as serving builds it."""
+    return document_text(hit, config).text
+
+
 def _scan(
     client: Any, index: str, fields: Sequence[str], size: int = 500
 ) -> Iterator[dict[str, Any]]:
-    """Every document of ``index`` (``_id`` and the fields), in ``_doc`` order (search_after)."""
+    """Every hit of ``index`` (``_id`` and ``_source`` with ``fields``), in ``_doc`` order."""
     after: list[Any] | None = None
     while True:
         body: dict[str, Any] = {
@@ -44,7 +100,7 @@ def _scan(
         if not hits:
             return
         for hit in hits:
-            yield {"_id": hit["_id"], **hit.get("_source", {})}
+            yield {"_id": hit["_id"], "_source": hit.get("_source") or {}}
         after = hits[-1]["sort"]
 
 
@@ -53,36 +109,50 @@ def mine_negatives(
     index: str,
     query: str,
     exclude: set[str],
-    fields: Sequence[str],
+    search_fields: Sequence[str],
     *,
+    config: RerankConfig,
     count: int,
     skip_top: int,
     depth: int = 50,
     rng: random.Random,
 ) -> list[str]:
-    """Texts of BM25 hits for ``query`` past the top ``skip_top``, not in ``exclude``."""
+    """Document texts (:func:`hit_text` under ``config``) of BM25 hits for ``query`` on
+    ``search_fields``, past the top ``skip_top``, not in ``exclude``."""
+    _check(config)
     body = {
         "size": depth,
-        "query": {"multi_match": {"query": query, "fields": list(fields)}},
-        "_source": list(fields),
+        "query": {"multi_match": {"query": query, "fields": list(search_fields)}},
+        "_source": text_fields(config),
     }
     hits = _body(client.search(index=index, body=body, rerank=False))["hits"]["hits"]
     pool = [h for h in hits[skip_top:] if h["_id"] not in exclude]
     rng.shuffle(pool)
-    texts = []
-    for hit in pool[:count]:
-        source = hit.get("_source", {})
-        texts.append("\n".join(str(source[f]) for f in fields if source.get(f)))
-    return texts
+    texts = (hit_text(hit, config) for hit in pool)
+    return [t for t in texts if t][:count]
 
 
 def _strip(text: str, phrase: str) -> str:
-    """``text`` without occurrences of ``phrase`` (case-insensitive, whitespace-tolerant)."""
+    """``text`` without occurrences of ``phrase`` (case-insensitive, whitespace-tolerant);
+    ``text`` itself where the phrase does not occur."""
     words = phrase.split()
     if not words:
         return text
-    pattern = r"\s+".join(re.escape(w) for w in words)
-    return " ".join(re.sub(pattern, " ", text, flags=re.IGNORECASE).split())
+    pattern = re.compile(r"\s+".join(re.escape(w) for w in words), flags=re.IGNORECASE)
+    if not pattern.search(text):
+        return text
+    return " ".join(pattern.sub(" ", text).split())
+
+
+def _without(value: Any, phrase: str) -> Any:
+    """``value`` (a ``_source``) with ``phrase`` stripped from every string in it."""
+    if isinstance(value, str):
+        return _strip(value, phrase)
+    if isinstance(value, Mapping):
+        return {k: _without(v, phrase) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_without(v, phrase) for v in value]
+    return value
 
 
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
@@ -97,7 +167,7 @@ def sentences(text: str) -> list[str]:
 
 
 class PseudoQuery(NamedTuple):
-    """A pseudo-query, its kind, and its document without it (the positive)."""
+    """A pseudo-query, its kind, and its document's text without it (the positive)."""
 
     kind: str
     query: str
@@ -105,28 +175,39 @@ class PseudoQuery(NamedTuple):
 
 
 def pseudo_queries(
-    title: str, text: str, kinds: Sequence[str], rng: random.Random
+    hit: Mapping[str, Any],
+    kinds: Sequence[str],
+    rng: random.Random,
+    *,
+    config: RerankConfig | None = None,
+    query_field: str = "title",
+    doc_field: str = "text",
 ) -> list[PseudoQuery]:
-    """Pseudo-queries from one document, each removed from its positive.
+    """Pseudo-queries from one hit, each removed from its positive.
 
-    ``title``: the short field (or, where it is missing, the text's first sentence) against
-    the rest of the text. ``sentence``: a random sentence of 5-32 words against the title and
-    the rest of the text.
+    ``title``: the short field ``query_field`` (or, where it has fewer than two words, the
+    first sentence of ``doc_field``). ``sentence``: a random sentence of 5-32 words of
+    ``doc_field`` other than the first. The positive is the hit's document text under
+    ``config`` (:func:`hit_text`; default :func:`text_config` of the two fields) with the
+    pseudo-query stripped from every field, so apart from that it is what serving scores.
     """
+    config = config or text_config(query_field, doc_field)
+    title = hit_text(hit, text_config(fields=(query_field,))).strip()
+    text = hit_text(hit, text_config(fields=(doc_field,)))
+    source = hit.get("_source") or {}
     out = []
     parts = sentences(text)
     for kind in kinds:
         if kind == "title":
             query = title if len(title.split()) >= 2 else (parts[0] if parts else "")
-            positive = _strip(text, query)
         elif kind == "sentence":
             pool = [p for p in parts[1:] if 5 <= len(p.split()) <= 32]
             if not pool:
                 continue
             query = rng.choice(pool)
-            positive = "\n".join(x for x in (title, _strip(text, query)) if x)
         else:
             raise ValueError(f"unknown pseudo-query kind {kind!r}")
+        positive = hit_text({"_source": _without(source, query)}, config)
         query = " ".join(query.split())
         if len(query.split()) >= 2 and len(positive.split()) >= 5:
             out.append(PseudoQuery(kind, query, positive))
@@ -145,27 +226,36 @@ def self_supervised_groups(
     seed: int,
     kinds: Sequence[str] = ("title",),
     depth: int = 50,
+    config: RerankConfig | None = None,
 ) -> list[TrainGroup]:
     """Pseudo-queries of the given ``kinds`` (see :func:`pseudo_queries`) from every
     document, each with its own document as the positive (the pseudo-query removed) and
-    ``negatives`` BM25 hits past the top ``skip_top`` of ``depth`` as negatives.
+    ``negatives`` BM25 hits (on ``query_field`` and ``doc_field``) past the top ``skip_top``
+    of ``depth`` as negatives. Document texts follow ``config`` (default: :func:`text_config`
+    of the two fields), as serving builds them.
 
     Documents are visited in a seeded random order; ``limit`` caps the number of groups.
     """
+    config = config or text_config(query_field, doc_field)
+    _check(config)
     rng = random.Random(seed)
-    fields = (query_field, doc_field)
-    docs = list(_scan(client, index, fields))
+    search_fields = (query_field, doc_field)
+    fetch = list(dict.fromkeys([*search_fields, *text_fields(config)]))
+    docs = list(_scan(client, index, fetch))
     rng.shuffle(docs)
     groups = []
     for doc in docs:
-        title, text = str(doc.get(query_field) or "").strip(), str(doc.get(doc_field) or "")
-        for _, query, positive in pseudo_queries(title, text, kinds, rng):
+        found = pseudo_queries(
+            doc, kinds, rng, config=config, query_field=query_field, doc_field=doc_field
+        )
+        for _, query, positive in found:
             negs = mine_negatives(
                 client,
                 index,
                 query,
                 {doc["_id"]},
-                fields,
+                search_fields,
+                config=config,
                 count=negatives,
                 skip_top=skip_top,
                 depth=depth,
@@ -188,21 +278,33 @@ def judged_groups(
     negatives: int,
     skip_top: int,
     seed: int,
+    config: RerankConfig | None = None,
 ) -> list[TrainGroup]:
-    """Judged positives from ``dataset``'s ``split`` qrels, BM25 negatives from the index."""
+    """Judged positives from ``dataset``'s ``split`` qrels, BM25 negatives (on ``fields``)
+    from the index; document texts follow ``config`` (default: :func:`text_config` of
+    ``fields``), the positives' read from the collection's documents as ``_source``."""
     from crossrank.adapters.evaluation import load_beir
 
+    config = config or text_config(fields=fields)
     collection = load_beir(dataset, split)
     rng = random.Random(seed)
     groups = []
     for qid, query in collection.queries.items():
         positives = set(collection.qrels[qid])
         negs = mine_negatives(
-            client, index, query, positives, fields, count=negatives, skip_top=skip_top, rng=rng
+            client,
+            index,
+            query,
+            positives,
+            fields,
+            config=config,
+            count=negatives,
+            skip_top=skip_top,
+            rng=rng,
         )
         for doc_id in sorted(positives):
             doc = collection.corpus.get(doc_id)
-            if doc and negs:
-                text = "\n".join(doc[f] for f in fields if doc.get(f))
+            text = hit_text({"_source": doc}, config) if doc else ""
+            if text and negs:
                 groups.append(TrainGroup(query, text, tuple(negs)))
     return groups

@@ -5,6 +5,10 @@ candidate separately (mean-pooled, L2-normalised); their cosine is the teacher s
 the cross-encoder learns to reproduce as a distribution over each group. The base's
 similarity carries real relevance signal even where the cross-encoder's head starts random,
 and unlike hard labels it does not punish the unjudged positives among BM25 candidates.
+
+The teacher embeds the groups' own texts — the document texts that mining built as serving
+builds them — each on its own, with its own tokenization (single sequences cut at
+``max_length``): it labels the very documents the cross-encoder is trained and served on.
 """
 
 from __future__ import annotations
