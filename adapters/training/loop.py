@@ -35,6 +35,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from crossrank.reranker.config import RerankConfig
+from crossrank.reranker.errors import ConfigurationError, TrainingError
 from crossrank.reranker.local.batching import PaddedBatch, pad
 from crossrank.reranker.local.encoding import PairEncoder
 
@@ -166,10 +167,10 @@ def _fit_head(
 
     head = getattr(model, "classifier", None)
     if not isinstance(head, torch.nn.Linear) or head.out_features != 1:
-        raise ValueError("head_init='fit' needs a single linear classification head")
+        raise ConfigurationError("head_init='fit' needs a single linear classification head")
     labelled = [g for g in groups if g.teacher is not None][:24]
     if not labelled:
-        raise ValueError("head_init='fit' needs teacher scores (loss='distill')")
+        raise ConfigurationError("head_init='fit' needs teacher scores (loss='distill')")
     feats, targets = [], []
     device = next(model.parameters()).device
     base = getattr(model, model.base_model_prefix)
@@ -205,6 +206,76 @@ def _save_checkpoint(path: Path, model: Any, tokenizer: Any, state: dict[str, An
     tmp.rename(path)
 
 
+class _Batches:
+    """Groups cycled in a seeded order, reshuffled each epoch; resumable from its state."""
+
+    def __init__(self, groups: Sequence[TrainGroup], seed: int) -> None:
+        self.groups, self.rng = groups, random.Random(seed)
+        self.order = list(range(len(groups)))
+        self.rng.shuffle(self.order)
+        self.cursor = 0
+
+    def next(self, n: int) -> list[TrainGroup]:
+        batch = []
+        for _ in range(n):
+            if self.cursor >= len(self.order):
+                self.rng.shuffle(self.order)
+                self.cursor = 0
+            batch.append(self.groups[self.order[self.cursor]])
+            self.cursor += 1
+        return batch
+
+    def state(self) -> dict[str, Any]:
+        return {"order": self.order, "cursor": self.cursor, "rng": self.rng.getstate()}
+
+    def restore(self, state: Mapping[str, Any]) -> None:
+        self.order, self.cursor = state["order"], state["cursor"]
+        self.rng.setstate(state["rng"])
+
+
+def _load(source: str) -> tuple[Any, Any]:
+    """Tokenizer and one-label sequence-classification model of ``source``."""
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+    from transformers.utils import logging as hf_logging
+
+    tokenizer = AutoTokenizer.from_pretrained(source)
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity(logging.ERROR)  # a base lacks the new head: expected
+    try:
+        model = AutoModelForSequenceClassification.from_pretrained(source, num_labels=1)
+    finally:
+        hf_logging.set_verbosity(verbosity)
+    return tokenizer, model
+
+
+def _optimizer(model: Any, settings: TrainSettings) -> tuple[Any, Any]:
+    """AdamW with its own learning rate for the head, and the warm-up/linear schedule."""
+    import torch
+    from transformers import get_linear_schedule_with_warmup
+
+    head = [p for n, p in model.named_parameters() if n.startswith(("classifier", "score"))]
+    head_ids = {id(p) for p in head}
+    body = [p for p in model.parameters() if id(p) not in head_ids]
+    optimizer = torch.optim.AdamW(
+        [
+            {"params": body, "lr": settings.learning_rate},
+            {"params": head, "lr": settings.head_learning_rate},
+        ],
+        weight_decay=0.01,
+    )
+    scheduler = get_linear_schedule_with_warmup(  # type: ignore[no-untyped-call]
+        optimizer, int(settings.warmup * settings.steps), settings.steps
+    )
+    return optimizer, scheduler
+
+
+def _check(groups: Sequence[TrainGroup], settings: TrainSettings) -> None:
+    if not groups:
+        raise TrainingError("no training groups")
+    if settings.loss == "distill" and any(g.teacher is None for g in groups):
+        raise TrainingError("loss='distill' needs teacher scores on every group")
+
+
 def train(
     groups: Sequence[TrainGroup],
     settings: TrainSettings,
@@ -226,32 +297,59 @@ def train(
     """
     import torch
     from tqdm import tqdm
-    from transformers import (
-        AutoModelForSequenceClassification,
-        AutoTokenizer,
-        get_linear_schedule_with_warmup,
-    )
-    from transformers.utils import logging as hf_logging
 
-    from crossrank.reranker.local import pick_device, pick_dtype
-    from crossrank.reranker.local.model import _max_length
+    from crossrank.reranker.local import pick_device
 
-    if not groups:
-        raise ValueError("no training groups")
-    if settings.loss == "distill" and any(g.teacher is None for g in groups):
-        raise ValueError("loss='distill' needs teacher scores on every group")
+    _check(groups, settings)
     out = Path(settings.output)
     ckpt = out / CHECKPOINT
     resume = settings.resume and (ckpt / "trainer_state.pt").exists()
-    source = str(ckpt) if resume else settings.base
     torch.manual_seed(settings.seed)
-    tokenizer = AutoTokenizer.from_pretrained(source)
-    verbosity = hf_logging.get_verbosity()
-    hf_logging.set_verbosity(logging.ERROR)  # a base lacks the new head: expected
-    try:
-        model = AutoModelForSequenceClassification.from_pretrained(source, num_labels=1)
-    finally:
-        hf_logging.set_verbosity(verbosity)
+    tokenizer, model = _load(str(ckpt) if resume else settings.base)
+    pairs = _pairs_for(tokenizer, model, settings)
+    device = pick_device(settings.device)
+    model.to(device)
+    if settings.head_init == "fit" and not resume:
+        _fit_head(model, pairs, groups, settings)
+    model.train()
+    optimizer, scheduler = _optimizer(model, settings)
+    batches, step = _Batches(groups, settings.seed), 0
+    if resume:
+        state = torch.load(ckpt / "trainer_state.pt", weights_only=False, map_location=device)
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        step = state["step"]
+        batches.restore(state)
+        torch.set_rng_state(state["torch_rng"])
+    step_once = _stepper(model, pairs, optimizer, scheduler, settings, device, batches)
+    bar = tqdm(
+        total=settings.steps, initial=step, desc="training", unit="step", disable=not progress
+    )
+    started = time.perf_counter()
+    while step < settings.steps:
+        loss = step_once()
+        step += 1
+        bar.update(1)
+        bar.set_postfix(loss=f"{loss:.4f}")
+        if on_step is not None:
+            on_step(step, loss)
+        if on_model is not None:
+            model.eval()
+            on_model(step, model, tokenizer)
+            model.train()
+        if step % settings.checkpoint_every == 0 and step < settings.steps:
+            state = {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()}
+            state.update(step=step, torch_rng=torch.get_rng_state(), **batches.state())
+            _save_checkpoint(ckpt, model, tokenizer, state)
+    bar.close()
+    extra = {"groups": len(groups), "seconds": round(time.perf_counter() - started, 1)}
+    return _finish(out, model, tokenizer, pairs, settings, {**(record or {}), **extra}, groups)
+
+
+def _pairs_for(tokenizer: Any, model: Any, settings: TrainSettings) -> TrainingPairs:
+    """The serving encoder at the training length; the length is saved with the model."""
+    from crossrank.reranker.local.model import _max_length
+
     # The scorer's rule: the model's limit caps the length (position table, tokenizer).
     pairs = TrainingPairs(
         tokenizer,
@@ -260,103 +358,65 @@ def train(
     )
     model.config.crossrank_max_length = pairs.max_length  # saved with every save_pretrained
     model.config.crossrank_max_query_tokens = pairs.max_query_tokens
-    device = pick_device(settings.device)
-    model.to(device)
-    if settings.head_init == "fit" and not resume:
-        _fit_head(model, pairs, groups, settings)
-    model.train()
-    dtype = pick_dtype(device, settings.dtype)
-    device_type = device.split(":")[0]
-    head = [p for n, p in model.named_parameters() if n.startswith(("classifier", "score"))]
-    head_ids = {id(p) for p in head}
-    body = [p for p in model.parameters() if id(p) not in head_ids]
-    optimizer = torch.optim.AdamW(
-        [
-            {"params": body, "lr": settings.learning_rate},
-            {"params": head, "lr": settings.head_learning_rate},
-        ],
-        weight_decay=0.01,
-    )
-    scheduler = get_linear_schedule_with_warmup(  # type: ignore[no-untyped-call]
-        optimizer, int(settings.warmup * settings.steps), settings.steps
-    )
-    step, order, rng = 0, list(range(len(groups))), random.Random(settings.seed)
-    rng.shuffle(order)
-    cursor = 0
-    if resume:
-        state = torch.load(ckpt / "trainer_state.pt", weights_only=False, map_location=device)
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        step, order, cursor = state["step"], state["order"], state["cursor"]
-        rng.setstate(state["rng"])
-        torch.set_rng_state(state["torch_rng"])
+    return pairs
 
-    bar = tqdm(
-        total=settings.steps, initial=step, desc="training", unit="step", disable=not progress
-    )
-    started = time.perf_counter()
-    while step < settings.steps:
-        batch = []
-        for _ in range(settings.batch_groups):
-            if cursor >= len(order):
-                rng.shuffle(order)
-                cursor = 0
-            batch.append(groups[order[cursor]])
-            cursor += 1
-        k = settings.negatives
-        docs, teacher = [], []
-        for g in batch:
-            group_docs, group_teacher = _sample(g, k, rng)
-            docs.append(group_docs)
-            teacher.append(group_teacher)
-        enc = pairs.inputs([g.query for g in batch], docs, device)
+
+def _stepper(
+    model: Any,
+    pairs: TrainingPairs,
+    optimizer: Any,
+    scheduler: Any,
+    settings: TrainSettings,
+    device: str,
+    batches: _Batches,
+) -> Callable[[], float]:
+    """One optimizer step on the next batch of groups; returns its loss."""
+    import torch
+
+    from crossrank.reranker.local import pick_dtype
+
+    dtype = pick_dtype(device, settings.dtype)
+    device_type, k = device.split(":")[0], settings.negatives
+
+    def step_once() -> float:
+        batch = batches.next(settings.batch_groups)
+        sampled = [_sample(g, k, batches.rng) for g in batch]
+        enc = pairs.inputs([g.query for g in batch], [d for d, _ in sampled], device)
         with torch.autocast(device_type, dtype=dtype, enabled=dtype != torch.float32):
             logits = model(**enc).logits.float().view(len(batch), k + 1)
-        loss = _loss(logits, settings, torch.tensor(teacher, device=device))
+        teacher = torch.tensor([t for _, t in sampled], device=device)
+        loss = _loss(logits, settings, teacher)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
-        step += 1
-        bar.update(1)
-        bar.set_postfix(loss=f"{loss.item():.4f}")
-        if on_step is not None:
-            on_step(step, float(loss.item()))
-        if on_model is not None:
-            model.eval()
-            on_model(step, model, tokenizer)
-            model.train()
-        if step % settings.checkpoint_every == 0 and step < settings.steps:
-            _save_checkpoint(
-                ckpt,
-                model,
-                tokenizer,
-                {
-                    "optimizer": optimizer.state_dict(),
-                    "scheduler": scheduler.state_dict(),
-                    "step": step,
-                    "order": order,
-                    "cursor": cursor,
-                    "rng": rng.getstate(),
-                    "torch_rng": torch.get_rng_state(),
-                },
-            )
-    bar.close()
+        return float(loss.item())
+
+    return step_once
+
+
+def _finish(
+    out: Path,
+    model: Any,
+    tokenizer: Any,
+    pairs: TrainingPairs,
+    settings: TrainSettings,
+    record: Mapping[str, Any],
+    groups: Sequence[TrainGroup],
+) -> Path:
+    """Save the model (the checkpoint goes: the model is the result) and its record."""
+    import shutil
+
     model.eval()
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)
-    if ckpt.exists():  # finished: the model itself is the result
-        import shutil
-
-        shutil.rmtree(ckpt)
+    shutil.rmtree(out / CHECKPOINT, ignore_errors=True)
     meta = {
         **settings.model_dump(mode="json"),
-        **(record or {}),
+        **record,
         "crossrank_max_length": pairs.max_length,
         "crossrank_max_query_tokens": pairs.max_query_tokens,
-        "groups": len(groups),
-        "seconds": round(time.perf_counter() - started, 1),
         "example": {k: v for k, v in asdict(groups[0]).items() if k != "teacher"},
     }
     (out / "crossrank_training.json").write_text(json.dumps(meta, indent=1))

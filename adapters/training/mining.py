@@ -20,6 +20,7 @@ from typing import Any, NamedTuple
 from crossrank.adapters.core.inputs import document_text
 from crossrank.adapters.training.loop import TrainGroup
 from crossrank.reranker.config import RerankConfig
+from crossrank.reranker.errors import ConfigurationError
 
 __all__ = [
     "KINDS",
@@ -71,7 +72,7 @@ def text_fields(config: RerankConfig) -> list[str]:
 
 def _check(config: RerankConfig) -> None:
     if config.source != "_source":
-        raise ValueError(
+        raise ConfigurationError(
             f"training reads document texts from _source, not {config.source!r}: "
             "pass a config with source='_source'"
         )
@@ -206,7 +207,7 @@ def pseudo_queries(
                 continue
             query = rng.choice(pool)
         else:
-            raise ValueError(f"unknown pseudo-query kind {kind!r}")
+            raise ConfigurationError(f"unknown pseudo-query kind {kind!r}")
         positive = hit_text({"_source": _without(source, query)}, config)
         query = " ".join(query.split())
         if len(query.split()) >= 2 and len(positive.split()) >= 5:
