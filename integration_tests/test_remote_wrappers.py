@@ -134,6 +134,7 @@ async def test_a_scorer_stalling_mid_body_costs_the_deadline(
 ) -> None:
     """Sync and async wrappers fall back at the scorer deadline while the scorer still
     stalls: an ordering (it is released only afterwards), not a speed."""
+    _Stall.release = threading.Event()  # one per run: the test runs once per engine
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Stall)
     server.daemon_threads = True
     thread = threading.Thread(target=server.serve_forever, daemon=True)
