@@ -213,9 +213,12 @@ def test_the_training_length_is_saved_and_served(tiny_model_dir: Path, tmp_path:
     assert (meta["crossrank_max_length"], meta["crossrank_max_query_tokens"]) == (48, 12)
     scorer = LocalScorer(RerankConfig(model=str(out), dtype="float32"))
     assert scorer.describe()["max_length"] == 48  # not the tokenizer's 512
-    # an explicit max_length still wins
-    wider = LocalScorer(RerankConfig(model=str(out), dtype="float32", max_length=96))
-    assert wider.describe()["max_length"] == 96
+    assert scorer.describe()["max_query_tokens"] == 12  # the query cap it was trained with
+    # explicit settings still win
+    wider = LocalScorer(
+        RerankConfig(model=str(out), dtype="float32", max_length=96, max_query_tokens=20)
+    )
+    assert (wider.describe()["max_length"], wider.describe()["max_query_tokens"]) == (96, 20)
 
 
 def test_checkpoints_carry_the_training_length(tiny_model_dir: Path, tmp_path: Path) -> None:

@@ -76,6 +76,7 @@ class LoadedModel:
     max_length: int
     uses_token_types: bool
     pad_id: int
+    max_query_tokens: int = 64
 
 
 def _max_length(tokenizer: Any, model: Any) -> int:
@@ -96,6 +97,8 @@ def load_model(config: RerankConfig) -> LoadedModel:
 
     ``max_length``: ``config.max_length``, else the length the model was trained at (saved
     by ``crossrank train`` as ``crossrank_max_length`` in its config), else the model's limit.
+    ``max_query_tokens``: ``config.max_query_tokens`` when set explicitly, else the query cap
+    the model was trained with (``crossrank_max_query_tokens``), else the default.
     """
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
@@ -110,6 +113,10 @@ def load_model(config: RerankConfig) -> LoadedModel:
     device = pick_device(config.device)
     dtype = pick_dtype(device, config.dtype)
     trained = getattr(model.config, "crossrank_max_length", None)
+    trained_query = getattr(model.config, "crossrank_max_query_tokens", None)
+    query_cap = config.max_query_tokens
+    if "max_query_tokens" not in config.model_fields_set and isinstance(trained_query, int):
+        query_cap = trained_query
     limit = _max_length(tokenizer, model)
     max_length = config.max_length or (trained if isinstance(trained, int) else None) or limit
     pad = tokenizer.pad_token_id
@@ -122,4 +129,5 @@ def load_model(config: RerankConfig) -> LoadedModel:
         max_length=min(max_length, limit),
         uses_token_types="token_type_ids" in tokenizer.model_input_names,
         pad_id=int(pad) if pad is not None else 0,
+        max_query_tokens=query_cap,
     )

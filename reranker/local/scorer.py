@@ -44,7 +44,7 @@ class LocalScorer:
         self.encoder = PairEncoder(
             self.tokenizer,
             max_length=self.loaded.max_length,
-            max_query_tokens=cfg.max_query_tokens,
+            max_query_tokens=self.loaded.max_query_tokens,
             long_documents=cfg.long_documents,
             passage_overlap=cfg.passage_overlap,
             max_passages=cfg.max_passages,
