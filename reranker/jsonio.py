@@ -39,8 +39,14 @@ def depth_exceeds(value: Any, limit: int) -> bool:
     return False
 
 
-def loads(data: bytes | str, *, max_depth: int = MAX_DEPTH, what: str = "request body") -> Any:
-    """Parse JSON from outside; bad input raises ``MalformedInputError`` with a clear reason."""
+def loads(
+    data: bytes | str, *, max_depth: int | None = MAX_DEPTH, what: str = "request body"
+) -> Any:
+    """Parse JSON from outside; bad input raises ``MalformedInputError`` with a clear reason.
+
+    ``max_depth=None``: no depth walk (for trusted answers, e.g. the engine's, on the hot
+    path); Python's own limit still ends in ``MalformedInputError``, never ``RecursionError``.
+    """
     try:
         value = json.loads(data)
     except RecursionError:
@@ -51,7 +57,11 @@ def loads(data: bytes | str, *, max_depth: int = MAX_DEPTH, what: str = "request
         raise MalformedInputError(f"failed to parse {what}: invalid UTF-8 ({exc.reason})") from None
     except ValueError as exc:
         raise MalformedInputError(f"failed to parse {what}: {exc}") from None
-    if isinstance(value, (dict, list)) and depth_exceeds(value, max_depth):
+    if (
+        max_depth is not None
+        and isinstance(value, (dict, list))
+        and depth_exceeds(value, max_depth)
+    ):
         raise MalformedInputError(
             f"failed to parse {what}: nesting depth exceeds the maximum allowed [{max_depth}]"
         )

@@ -50,8 +50,7 @@ __all__ = ["Incoming", "Outgoing", "SearchHandler"]
 
 T = TypeVar("T")
 FALLBACK_HEADER = b"x-crossrank-fallback"
-# Engine responses hold stored documents, which may nest as deep as the engine accepted.
-_RESPONSE_DEPTH = 900
+
 _NON_JSON = (b"yaml", b"cbor", b"smile")
 
 
@@ -157,7 +156,7 @@ class _Exchange:
             if response.status_code >= 300:
                 raise _Reply(response)
             try:
-                return loads(response.content, max_depth=_RESPONSE_DEPTH, what="engine response")
+                return loads(response.content, max_depth=None, what="engine response")
             except MalformedInputError:
                 raise _Reply(response) from None
         finally:
