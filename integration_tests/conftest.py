@@ -60,6 +60,25 @@ def engine_specs() -> list[EngineSpec]:
     return specs
 
 
+#: The engines that also get a real 3-node cluster (``test_cluster.py``), by kind and major:
+#: pass 1 (Elasticsearch 9, OpenSearch 2 and 3) runs an ES 9 and an OpenSearch 2 cluster,
+#: pass 2 (Elasticsearch 8) none, and does not collect that module at all.
+CLUSTER_MAJORS: dict[str, int] = {"elasticsearch": 9, "opensearch": 2}
+
+
+def cluster_specs() -> list[EngineSpec]:
+    """The engines of this run that get a cluster (:data:`CLUSTER_MAJORS`)."""
+    return [s for s in engine_specs() if CLUSTER_MAJORS.get(s.kind) == s.major]
+
+
+def pytest_ignore_collect(collection_path: Path) -> bool | None:
+    """``test_cluster.py`` is not collected in a run without an engine that gets a cluster
+    (nothing there applies to it; nothing is skipped either)."""
+    if collection_path.name == "test_cluster.py" and not cluster_specs():
+        return True
+    return None
+
+
 def dataset_dir() -> Path:
     """The ADI dataset directory (BEIR layout)."""
     root = Path(os.environ.get("CROSSRANK_DATASETS") or REPO.parent / "shared" / "datasets")
@@ -85,7 +104,9 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     if "engine" in metafunc.fixturenames:
-        specs = engine_specs()
+        # A module may narrow the run's engines with a module-level ENGINE_SPECS list.
+        narrowed = getattr(metafunc.module, "ENGINE_SPECS", None)
+        specs = engine_specs() if narrowed is None else list(narrowed)
         metafunc.parametrize("engine", specs, ids=[str(s) for s in specs], indirect=True)
 
 
@@ -215,15 +236,17 @@ def _raw_client(spec: EngineSpec, url: str) -> Any:
     return OpenSearch(hosts=[url], timeout=60)
 
 
-def index_adi(spec: EngineSpec, raw: Any) -> int:
-    """Create ``adi`` and bulk-index the documents; returns the document count."""
+def index_adi(spec: EngineSpec, raw: Any, settings: dict[str, Any] | None = None) -> int:
+    """Create ``adi`` (index ``settings``, default :data:`SETTINGS`) and bulk-index the
+    documents; returns the document count."""
     docs = load_documents()
+    settings = SETTINGS if settings is None else settings
     if raw.indices.exists(index=INDEX):
         raw.indices.delete(index=INDEX)
     if spec.kind == "elasticsearch":
-        raw.indices.create(index=INDEX, settings=SETTINGS, mappings=MAPPINGS)
+        raw.indices.create(index=INDEX, settings=settings, mappings=MAPPINGS)
     else:
-        raw.indices.create(index=INDEX, body={"settings": SETTINGS, "mappings": MAPPINGS})
+        raw.indices.create(index=INDEX, body={"settings": settings, "mappings": MAPPINGS})
     ops: list[dict[str, Any]] = []
     for doc in docs:
         ops += [{"index": {"_index": INDEX, "_id": doc["doc_id"]}}, doc]

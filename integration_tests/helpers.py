@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import copy
-from collections.abc import Sequence
+import itertools
+import threading
+import time
+from collections.abc import Awaitable, Callable, Iterator, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import pytest
@@ -129,3 +134,123 @@ def assert_reranked(
     if ranked:
         assert body["hits"]["max_score"] == approx(max(got))
         assert got == approx(rescore(verifier, query_text, ranked, fields))
+
+
+# --------------------------------------------------------------------------- load
+
+
+@dataclass
+class LoadResult:
+    """What :func:`run_load` / :func:`arun_load` saw: searches that returned, searches that
+    raised (their errors, as text), the wall time, and how many searches had completed when
+    ``action`` ran (None: it never ran)."""
+
+    ok: int
+    failed: int
+    errors: list[str]
+    seconds: float
+    action_after: int | None = None
+
+    def __iter__(self) -> Iterator[Any]:  # ok, failed, errors = run_load(...)
+        return iter((self.ok, self.failed, self.errors))
+
+    def __str__(self) -> str:
+        rate = (self.ok + self.failed) / self.seconds if self.seconds else 0.0
+        text = f"{self.ok} ok, {self.failed} failed in {self.seconds:.1f}s ({rate:.0f}/s)"
+        if self.action_after is not None:
+            text += f", action after {self.action_after} searches"
+        return text
+
+
+def run_load(
+    search_fn: Callable[[int], Any],
+    n: int,
+    concurrency: int,
+    *,
+    action: Callable[[], Any] | None = None,
+    after: int = 0,
+) -> LoadResult:
+    """Call ``search_fn(i)`` for i in 0..n-1 from ``concurrency`` threads; any exception it
+    raises (a client error, or a check of the response that failed) is a failed search.
+
+    ``action`` (e.g. killing a node) runs once, in the thread that completes the
+    ``after``-th search, while the other threads' searches are in flight: the point where it
+    happens is fixed by the count, not by the machine's speed.
+    """
+    lock = threading.Lock()
+    counter = itertools.count()
+    ok = failed = done = 0
+    errors: list[str] = []
+    ran: list[int] = []
+
+    def worker() -> None:
+        nonlocal ok, failed, done
+        while True:
+            with lock:
+                i = next(counter)
+            if i >= n:
+                return
+            try:
+                search_fn(i)
+                error = None
+            except Exception as err:
+                error = f"search {i}: {err!r}"
+            with lock:
+                done += 1
+                ok, failed = (ok + 1, failed) if error is None else (ok, failed + 1)
+                if error is not None:
+                    errors.append(error)
+                fire = action is not None and not ran and done >= after
+                if fire:
+                    ran.append(done)
+            if fire:
+                assert action is not None
+                try:
+                    action()
+                except BaseException as err:  # raised in the caller, after the load
+                    broken.append(err)
+
+    broken: list[BaseException] = []
+    began = time.monotonic()
+    threads = [threading.Thread(target=worker, daemon=True) for _ in range(concurrency)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    if broken:
+        raise broken[0]
+    return LoadResult(ok, failed, errors, time.monotonic() - began, ran[0] if ran else None)
+
+
+async def arun_load(
+    search_fn: Callable[[int], Awaitable[Any]],
+    n: int,
+    concurrency: int,
+    *,
+    action: Callable[[], Any] | None = None,
+    after: int = 0,
+) -> LoadResult:
+    """:func:`run_load` with ``concurrency`` asyncio tasks awaiting ``search_fn(i)``;
+    ``action`` is a plain callable, run on the event loop (keep it short)."""
+    counter = itertools.count()
+    ok = failed = done = 0
+    errors: list[str] = []
+    ran: list[int] = []
+
+    async def worker() -> None:
+        nonlocal ok, failed, done
+        while (i := next(counter)) < n:
+            try:
+                await search_fn(i)
+                ok += 1
+            except Exception as err:
+                failed += 1
+                errors.append(f"search {i}: {err!r}")
+            done += 1
+            if action is not None and not ran and done >= after:
+                ran.append(done)
+                action()
+
+    began = time.monotonic()
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    return LoadResult(ok, failed, errors, time.monotonic() - began, ran[0] if ran else None)

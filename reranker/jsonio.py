@@ -6,6 +6,10 @@
 - :func:`dumps` serialises a body the way the engines write it (UTF-8, non-ASCII as is); a
   lone surrogate — valid in a JSON escape, and so in an engine's stored ``_source``, but not
   encodable as UTF-8 — is written back as the ``\\uXXXX`` escape it came in as.
+- Both use ``orjson`` where it is installed (the ``server`` extra), for what it reads exactly
+  as :mod:`json` does: engine answers (``max_depth=None``) and bodies without lone
+  surrogates or integers beyond 64 bits; everything else goes through :mod:`json`. A client's
+  body is always parsed by :mod:`json` (``orjson`` reads an integer beyond 64 bits as a float).
 - :func:`scrub` makes text safe for a tokenizer or a UTF-8 wire: lone surrogates become
   U+FFFD.
 """
@@ -17,6 +21,12 @@ import re
 from typing import Any
 
 from crossrank.reranker.errors import MalformedInputError
+
+orjson: Any
+try:
+    import orjson
+except ImportError:  # pragma: no cover - orjson comes with the server extra
+    orjson = None
 
 __all__ = ["MAX_DEPTH", "depth_exceeds", "dumps", "dumps_lines", "loads", "scrub"]
 
@@ -47,6 +57,11 @@ def loads(
     ``max_depth=None``: no depth walk (for trusted answers, e.g. the engine's, on the hot
     path); Python's own limit still ends in ``MalformedInputError``, never ``RecursionError``.
     """
+    if max_depth is None and orjson is not None:
+        try:
+            return orjson.loads(data)
+        except orjson.JSONDecodeError:
+            pass  # lone surrogates, NaN, deep nesting: json decides, with its own message
     try:
         value = json.loads(data)
     except RecursionError:
@@ -70,6 +85,12 @@ def loads(
 
 def dumps(value: Any, *, pretty: bool = False) -> bytes:
     """UTF-8 JSON bytes; lone surrogates written as ``\\uXXXX`` escapes."""
+    if orjson is not None:
+        try:
+            data: bytes = orjson.dumps(value, option=orjson.OPT_INDENT_2 if pretty else 0)
+            return data
+        except TypeError:
+            pass  # a lone surrogate, an integer beyond 64 bits, a type orjson does not know
     if pretty:
         text = json.dumps(value, ensure_ascii=False, indent=2)
     else:

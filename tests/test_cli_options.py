@@ -123,6 +123,11 @@ def _value(option: SettingOption, model: type[BaseModel]) -> tuple[list[str], An
     if action.choices:
         choice = next(c for c in action.choices if c != default)
         return [option.option, str(choice)], choice
+    if option.field == "upstream":  # repeated: the nodes of one cluster
+        other, third = "http://other:9201", "http://third:9202"
+        return [option.option, other, option.option, third], (other, third)
+    if option.repeat and action.type is int:
+        return [option.option, "500", option.option, "503"], (500, 503)
     if option.repeat:
         return [option.option, "a", option.option, "b"], ("a", "b")
     if option.parse is not None:  # the comma-separated fields
@@ -131,7 +136,7 @@ def _value(option: SettingOption, model: type[BaseModel]) -> tuple[list[str], An
         return [option.option, str((default or 63) + 1)], (default or 63) + 1
     if action.type is float:
         return [option.option, str((default or 1.0) + 1.5)], (default or 1.0) + 1.5
-    text = "https://other:9201" if option.field == "upstream" else f"x-{default or 'set'}"
+    text = f"x-{default or 'set'}"
     return [option.option, text], text
 
 
@@ -155,6 +160,8 @@ def test_each_proxy_option_sets_its_field(option: SettingOption) -> None:
     settings = proxy.build_settings(proxy.parser().parse_args(["--upstream", UPSTREAM, *words]))
     if option.field == "token_header":
         expected = expected.lower()
+    if option.field == "upstream":
+        expected = (UPSTREAM, *expected)
     assert getattr(settings, option.field) == expected
 
 

@@ -103,11 +103,14 @@ async def test_bad_request_targets_get_400_and_reach_no_host(
 
 
 def test_upstream_url_keeps_the_upstream_host_for_any_checked_target() -> None:
-    upstream = Upstream(ProxySettings(upstream="http://engine/prefix"))
+    upstream = Upstream(ProxySettings(upstream=["http://engine/prefix", "http://node2:9201"]))
     for path in ["/a", "/@evil:1/x", "/:80@evil/x", "/a%2F..%2Fb", "/%40evil.example", "/~x?y"]:
-        url = upstream.url(check_target(path), b"q=1")
-        assert (url.scheme, url.host, url.port) == ("http", "engine", None), path
-        assert url.raw_path.startswith(b"/prefix/")
+        target = upstream.target(check_target(path), b"q=1")
+        engine, node2 = (upstream.url(node, target) for node in upstream.pool.nodes())
+        assert (engine.scheme, engine.host, engine.port) == ("http", "engine", None), path
+        assert engine.raw_path.startswith(b"/prefix/")
+        assert (node2.scheme, node2.host, node2.port) == ("http", "node2", 9201), path
+        assert node2.raw_path == target
     with pytest.raises(BadRequest):
         check_target("@evil/x")
 
@@ -286,8 +289,8 @@ async def test_upstream_credentials_are_a_default_never_logged_never_an_upgrade(
     engine: FakeEngine, caplog: pytest.LogCaptureFixture
 ) -> None:
     settings = ProxySettings(upstream="http://elastic:s3cr%3At@engine:9200", rerank=CONFIG)
-    assert settings.upstream == "http://engine:9200"
-    assert "s3cr" not in repr(settings) and "s3cr" not in settings.upstream
+    assert settings.upstream == ("http://engine:9200",)
+    assert "s3cr" not in repr(settings) and "s3cr" not in str(settings.upstream)
     app = create_app(settings, transport=httpx.MockTransport(engine))
     transport = httpx.ASGITransport(app=app)
     with caplog.at_level(logging.DEBUG):

@@ -14,6 +14,7 @@ from crossrank.adapters.nodes import (
     EngineSpec,
     EngineStartError,
     artifacts,
+    config,
     find_java,
     java_major,
     runner,
@@ -173,3 +174,123 @@ def test_cli_rejects_bad_spec(capsys: pytest.CaptureFixture[str]) -> None:
         cli_nodes.main(["fetch", "solr:1.0.0"])
     assert exc.value.code == 2
     assert "unknown engine kind" in capsys.readouterr().err
+
+
+# --------------------------------------------------------------------------- clusters
+
+
+def _settings(spec: str, **kwargs: object) -> dict[str, str]:
+    return config.node_settings(
+        EngineSpec.parse(spec),
+        http_port=9200,
+        transport_port=9300,
+        data=Path("/d"),
+        logs=Path("/l"),
+        **kwargs,  # type: ignore[arg-type]
+    )
+
+
+def test_single_node_settings() -> None:
+    es = _settings("elasticsearch:9.3.2", extra={"http.port": "9999", "x.y": "z"})
+    assert es == {
+        "http.port": "9999",  # extra wins
+        "transport.port": "9300",
+        "network.host": "127.0.0.1",
+        "path.data": "/d",
+        "path.logs": "/l",
+        "cluster.routing.allocation.disk.threshold_enabled": "false",
+        "discovery.type": "single-node",
+        "xpack.security.enabled": "false",
+        "x.y": "z",
+    }
+    os2 = _settings("opensearch:2.19.6")
+    assert os2["discovery.type"] == "single-node"
+    assert not any(key.startswith(("xpack.", "cluster.initial", "discovery.seed")) for key in os2)
+
+
+@pytest.mark.parametrize(
+    ("spec", "bootstrap"),
+    [
+        ("elasticsearch:9.3.2", "cluster.initial_master_nodes"),
+        ("elasticsearch:8.19.21", "cluster.initial_master_nodes"),
+        ("opensearch:2.19.6", "cluster.initial_cluster_manager_nodes"),
+        ("opensearch:3.6.0", "cluster.initial_cluster_manager_nodes"),
+        ("opensearch:1.3.20", "cluster.initial_master_nodes"),  # before the rename
+    ],
+)
+def test_cluster_member_settings(spec: str, bootstrap: str) -> None:
+    plan = config.ClusterPlan.of((9301, 9302, 9303), name="c1")
+    assert plan.node_names == ("c1-0", "c1-1", "c1-2") and plan.size == 3
+    members = [_settings(spec, cluster=plan, member=i) for i in range(3)]
+    for i, settings in enumerate(members):
+        assert "discovery.type" not in settings
+        assert settings["cluster.name"] == "c1"
+        assert settings["node.name"] == f"c1-{i}"
+        assert settings["transport.port"] == str(9301 + i)  # the plan's, not the argument
+        assert settings["http.port"] == "9200"
+        assert settings["discovery.seed_hosts"] == "127.0.0.1:9301,127.0.0.1:9302,127.0.0.1:9303"
+        assert settings[bootstrap] == "c1-0,c1-1,c1-2"
+        others = {"cluster.initial_master_nodes", "cluster.initial_cluster_manager_nodes"}
+        assert not (others - {bootstrap}) & set(settings)
+        assert ("xpack.security.enabled" in settings) == spec.startswith("elasticsearch")
+    with pytest.raises(ConfigurationError, match="no node 3"):
+        plan.member_settings(EngineSpec.parse(spec), 3)
+
+
+def test_cluster_plan_names_are_unique_and_checked() -> None:
+    a, b = config.ClusterPlan.of((1, 2)), config.ClusterPlan.of((3, 4))
+    assert a.name != b.name and a.name.startswith("crossrank-")
+    for bad in [((), ()), (("a", "b"), (1,)), (("a", "a"), (1, 2)), (("a", "b"), (1, 1))]:
+        with pytest.raises(ConfigurationError):
+            config.ClusterPlan("c", *bad)
+
+
+def test_node_env() -> None:
+    base = {"PATH": "/bin", "ES_PATH_CONF": "/etc/es", "OPENSEARCH_PATH_CONF": "/etc/os"}
+    env = config.node_env(
+        EngineSpec.parse("elasticsearch:9.3.2"),
+        java=Path("/jdk"),
+        heap="384m",
+        tmp=Path("/t"),
+        home=Path("/h"),
+        base=base,
+    )
+    assert env["ES_JAVA_OPTS"] == "-Xms384m -Xmx384m"
+    assert env["ES_JAVA_HOME"] == env["JAVA_HOME"] == "/jdk"
+    assert (env["ES_TMPDIR"], env["TMPDIR"], env["HOME"], env["PATH"]) == ("/t", "/t", "/h", "/bin")
+    assert "ES_PATH_CONF" not in env and env["OPENSEARCH_PATH_CONF"] == "/etc/os"
+    assert base["ES_PATH_CONF"] == "/etc/es"  # the caller's mapping is left alone
+    env = config.node_env(
+        EngineSpec.parse("opensearch:2.19.6"),
+        java=Path("/jdk"),
+        heap="1g",
+        tmp=Path("/t"),
+        home=Path("/h"),
+        base=base,
+    )
+    assert env["OPENSEARCH_JAVA_OPTS"] == "-Xms1g -Xmx1g" and "OPENSEARCH_PATH_CONF" not in env
+
+
+def test_cluster_before_start() -> None:
+    cluster = nodes.EngineCluster("opensearch:2.19.6", nodes=3, name="t")
+    assert [n.member for n in cluster.nodes] == [0, 1, 2]
+    assert all(n.cluster is cluster.plan for n in cluster.nodes)
+    assert cluster.plan.node_names == ("t-0", "t-1", "t-2") and cluster.name == "t"
+    assert len(set(cluster.plan.transport_ports)) == 3
+    assert cluster.live == []
+    with pytest.raises(EngineStartError, match="no node"):
+        _ = cluster.url
+    with pytest.raises(EngineStartError, match="not running"):
+        cluster.kill(0)
+    cluster.stop()  # no-op
+    with pytest.raises(ConfigurationError, match="at least one node"):
+        nodes.EngineCluster("opensearch:2.19.6", nodes=0)
+    with pytest.raises(ConfigurationError, match="no node 5"):
+        nodes.EngineNode("opensearch:2.19.6", cluster=cluster.plan, member=5)
+
+
+def test_cli_rejects_a_cluster_of_no_node(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exc:
+        cli_nodes.main(["run", "opensearch:2.19.6", "--nodes", "0"])
+    assert exc.value.code == 2
+    assert "--nodes must be at least 1" in capsys.readouterr().err

@@ -105,8 +105,9 @@ def engine() -> FakeEngine:
 
 
 def _client(engine: FakeEngine, scorer: Any = None, **settings: Any) -> httpx.AsyncClient:
+    settings = {"rerank": CONFIG, **settings}
     app = create_app(
-        ProxySettings(upstream="http://engine:9200", rerank=CONFIG, **settings),
+        ProxySettings(upstream="http://engine:9200", **settings),
         transport=httpx.MockTransport(engine),
         scorer_factory=lambda config: scorer or OverlapScorer(),
     )
@@ -338,3 +339,36 @@ async def test_an_internal_error_is_a_500_that_echoes_nothing(
     assert getattr(record, "fields", {}).get("error") == "ValueError"
     logged = caplog.text + repr([getattr(r, "fields", None) for r in caplog.records])
     assert "s3cret" not in logged and "/srv/" not in logged
+
+
+async def test_reranking_off_sends_plain_bodies_unparsed_and_still_reads_every_opt_in(
+    engine: FakeEngine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With reranking off, a body that cannot opt in (no ``ext``, no ``retriever``, no
+    ``\\u`` escape) and cannot nest too deep goes to the engine unparsed; any other is read."""
+    from crossrank.adapters.proxy import search
+
+    parsed: list[bytes] = []
+    real_loads = search.loads
+
+    def counting_loads(data: bytes | str, **kwargs: Any) -> Any:
+        if kwargs.get("max_depth") is not None:  # a client body, not the engine's answer
+            parsed.append(data if isinstance(data, bytes) else data.encode())
+        return real_loads(data, **kwargs)
+
+    monkeypatch.setattr(search, "loads", counting_loads)
+    off = CONFIG.model_copy(update={"enabled": False})
+    plain = json.dumps(QUERY).encode()
+    opt_in = json.dumps({**QUERY, "ext": {"crossrank": {"enabled": True}}}).encode()
+    escaped = opt_in.replace(b'"ext"', b'"\\u0065xt"')
+    async with _client(engine, rerank=off) as client:
+        resp = await client.post("/adi/_search", content=plain, headers=JSON_HEADERS)
+        assert "_rerank" not in resp.json() and parsed == []
+        assert engine.requests[-1].content == plain  # the bytes as sent
+        for body in (opt_in, escaped):
+            resp = await client.post("/adi/_search", content=body, headers=JSON_HEADERS)
+            assert resp.json()["_rerank"]["reranked"] == 5, body
+        assert parsed == [opt_in, escaped]
+
+
+JSON_HEADERS = {"content-type": "application/json"}

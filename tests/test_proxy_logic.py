@@ -249,7 +249,11 @@ def test_settings_validation() -> None:
     with pytest.raises(ValueError):
         ProxySettings(upstream="localhost:9200")
     settings = ProxySettings(upstream="http://h:9200/", token="s3cret")
-    assert settings.upstream == "http://h:9200"
+    assert settings.upstream == ("http://h:9200",)
+    with pytest.raises(ValueError):  # one scheme for all nodes
+        ProxySettings(upstream=["http://h:9200", "https://h2:9200"])
+    with pytest.raises(ValueError):
+        ProxySettings(upstream=[])
     assert "s3cret" not in repr(settings)
     bad = ProxySettings(upstream="http://h", rules=(IndexRule(pattern="x", rerank={"window": 0}),))
     with pytest.raises(ValueError, match="bad rerank defaults"):

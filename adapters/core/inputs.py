@@ -61,7 +61,14 @@ def _strings(values: Iterator[Any]) -> list[str]:
 
 def _field_values(hit: Mapping[str, Any], field: str, source: str) -> list[str]:
     if source == "_source":
-        return _strings(_walk(hit.get("_source") or {}, field.split(".")))
+        document = hit.get("_source") or {}
+        if "." not in field and isinstance(document, dict):  # the common case, without a walk
+            value = document.get(field)
+            if isinstance(value, str):
+                return [value] if value.strip() else []
+            if not isinstance(value, list):
+                return []
+        return _strings(_walk(document, field.split(".")))
     container = hit.get(source) or {}
     if not isinstance(container, Mapping):
         return []
@@ -76,6 +83,10 @@ def _field_values(hit: Mapping[str, Any], field: str, source: str) -> list[str]:
 
 def document_text(hit: Mapping[str, Any], config: RerankConfig) -> DocumentText:
     """Build the document text of ``hit`` from the configured fields or template."""
+    if config.template is None:
+        parts = [" ".join(_field_values(hit, field, config.source)) for field in config.fields]
+        text = config.field_separator.join(p for p in parts if p)
+        return DocumentText(scrub(text), parts.count(""))
     missing = 0
 
     def lookup(field: str) -> str:
@@ -85,13 +96,9 @@ def document_text(hit: Mapping[str, Any], config: RerankConfig) -> DocumentText:
             missing += 1
         return " ".join(values)
 
-    if config.template is not None:
-        template = config.template.replace("{{", "\0").replace("}}", "\1")
-        text = _PLACEHOLDER.sub(lambda m: lookup(m.group(1).strip()), template)
-        text = text.replace("\0", "{").replace("\1", "}").strip()
-    else:
-        parts = [lookup(field) for field in config.fields]
-        text = config.field_separator.join(p for p in parts if p)
+    template = config.template.replace("{{", "\0").replace("}}", "\1")
+    text = _PLACEHOLDER.sub(lambda m: lookup(m.group(1).strip()), template)
+    text = text.replace("\0", "{").replace("\1", "}").strip()
     return DocumentText(scrub(text), missing)
 
 

@@ -222,24 +222,27 @@ def finish_search(
     window, rest = hits[: config.window], hits[config.window :]
     engine = [float(h.get("_score") or 0.0) for h in window]
     final = fuse_scores(config, result.scores, engine)
-    ranked = []
-    for rank, hit in enumerate(window):
-        ce = result.scores[rank]
-        if config.min_score is not None and ce < config.min_score:
-            continue
-        new = dict(hit)
-        new["_score"] = final[rank]
-        new[RERANK_KEY] = {"engine_score": hit.get("_score"), "engine_rank": rank, "score": ce}
-        ranked.append((final[rank], rank, new))
-    ranked.sort(key=lambda t: (-t[0], t[1]))
-    merged = [h for _, _, h in ranked] + rest
-    out["hits"]["hits"] = plan.page(merged)
-    out["hits"]["max_score"] = ranked[0][0] if ranked else None
+    floor = config.min_score
+    kept = [r for r in range(len(window)) if floor is None or result.scores[r] >= floor]
+    order = sorted(kept, key=lambda r: (-final[r], r))
+    # Only the caller's page is copied and annotated, not the whole window.
+    page = plan.page([window[r] for r in order] + rest)
+    for position, hit in enumerate(page, plan.offset):
+        if position < len(order):
+            rank = order[position]
+            hit["_score"] = final[rank]
+            hit[RERANK_KEY] = {
+                "engine_score": window[rank].get("_score"),
+                "engine_rank": rank,
+                "score": result.scores[rank],
+            }
+    out["hits"]["hits"] = page
+    out["hits"]["max_score"] = final[order[0]] if order else None
     out[RERANK_KEY] = {
         "model": result.model,
         "window": config.window,
         "reranked": len(window),
-        "dropped_below_min_score": len(window) - len(ranked),
+        "dropped_below_min_score": len(window) - len(order),
         "truncated": result.truncated,
         "split": result.split,
         "query_truncated": result.query_truncated,

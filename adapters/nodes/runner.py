@@ -17,9 +17,10 @@ import tempfile
 import threading
 import time
 import zipfile
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from types import TracebackType
+from typing import Any
 
 from crossrank.adapters.nodes.artifacts import (
     _RUN_AS,
@@ -31,9 +32,10 @@ from crossrank.adapters.nodes.artifacts import (
     fetch_module,
     find_java,
 )
+from crossrank.adapters.nodes.config import ClusterPlan, node_env, node_settings
 from crossrank.adapters.processes import free_port, log_tail, wait_healthy
 
-__all__ = ["EngineNode", "start_all"]
+__all__ = ["EngineNode", "start_all", "start_nodes"]
 
 # --------------------------------------------------------------------------- node
 
@@ -46,8 +48,7 @@ def _stop_leftovers() -> None:
         node.stop()
 
 
-def _yellow_or_green(body: bytes) -> bool:
-    health = json.loads(body)
+def _yellow_or_green(health: Any) -> bool:
     return isinstance(health, dict) and health.get("status") in ("yellow", "green")
 
 
@@ -73,11 +74,14 @@ def _chown_tree(root: Path, uid: int, gid: int) -> None:
 
 
 class EngineNode:
-    """One single-node Elasticsearch/OpenSearch cluster on a free loopback port.
+    """One Elasticsearch/OpenSearch node on free loopback ports: a single-node cluster, or
+    member ``member`` of ``cluster`` (see :class:`~crossrank.adapters.nodes.EngineCluster`).
 
-    Use as a context manager, or call :meth:`start` and :meth:`stop`.  ``heap`` is
-    the JVM heap (``-Xms``/``-Xmx``); ``java_home`` overrides the JDK choice; ``modules``
-    are extra modules from Maven Central (default :data:`DEFAULT_MODULES`).
+    Use as a context manager, or call :meth:`start` and :meth:`stop`; :meth:`kill` ends the
+    process with SIGKILL but keeps its data and ports, and a later :meth:`start` brings the
+    same node back.  ``heap`` is the JVM heap (``-Xms``/``-Xmx``); ``java_home`` overrides
+    the JDK choice; ``modules`` are extra modules from Maven Central (default
+    :data:`DEFAULT_MODULES`); ``settings`` are added to (and win over) the generated ones.
     """
 
     def __init__(
@@ -90,6 +94,8 @@ class EngineNode:
         startup_timeout: float = 180.0,
         settings: dict[str, str] | None = None,
         modules: Sequence[str] | None = None,
+        cluster: ClusterPlan | None = None,
+        member: int = 0,
     ) -> None:
         self.spec = EngineSpec.parse(spec) if isinstance(spec, str) else spec
         self.modules = tuple(DEFAULT_MODULES[self.spec.kind] if modules is None else modules)
@@ -98,11 +104,17 @@ class EngineNode:
         self.cache_dir = cache_dir
         self.startup_timeout = startup_timeout
         self.settings = dict(settings or {})
+        self.cluster = cluster
+        self.member = member
+        if cluster is not None:
+            cluster.member_settings(self.spec, member)  # a bad member fails here, not at start
         self.http_port: int | None = None
+        self.transport_port: int | None = None
         self.workdir: Path | None = None
         self.startup_seconds: float | None = None
         self._proc: subprocess.Popen[bytes] | None = None
         self._log: Path | None = None
+        self._java: Path | None = None
 
     def __repr__(self) -> str:
         state = self.url if self.running else "stopped"
@@ -142,16 +154,16 @@ class EngineNode:
         self.stop()
 
     def start(self) -> EngineNode:
-        """Fetch, unpack and start the node, then wait until it is healthy."""
-        if self._proc is not None:
+        """Fetch, unpack and start the node, then wait until it is healthy; a killed node
+        is started again from its data, on the same ports."""
+        if self.running:
             raise EngineStartError(f"{self.spec} is already started")
         began = time.monotonic()
-        archive = fetch(self.spec, self.cache_dir)
-        java = self.java_home or find_java(self.spec.min_java)
-        self.workdir = Path(tempfile.mkdtemp(prefix=f"crossrank-{self.spec.kind}-{self.version}-"))
         _live.add(self)
         try:
-            self._launch(archive, java)
+            if self.workdir is None:
+                self._install()
+            self._spawn()
             self._wait_healthy()
         except BaseException:
             self.stop()
@@ -159,60 +171,62 @@ class EngineNode:
         self.startup_seconds = time.monotonic() - began
         return self
 
-    def _launch(self, archive: Path, java: Path) -> None:
+    @property
+    def _home(self) -> Path:
         assert self.workdir is not None
+        return self.workdir / f"{self.spec.kind}-{self.version}"
+
+    def _install(self) -> None:
+        """Unpack the zip and the modules into a new private work directory."""
+        archive = fetch(self.spec, self.cache_dir)
+        self._java = self.java_home or find_java(self.spec.min_java)
+        self.workdir = Path(tempfile.mkdtemp(prefix=f"crossrank-{self.spec.kind}-{self.version}-"))
         _unzip(archive, self.workdir)
-        home = self.workdir / f"{self.spec.kind}-{self.version}"
-        if not home.is_dir():
-            raise EngineStartError(f"{archive} has no top folder {home.name}/")
+        if not self._home.is_dir():
+            raise EngineStartError(f"{archive} has no top folder {self._home.name}/")
         for name in self.modules:
-            _install_module(home, self.spec, name, fetch_module(self.spec, name, self.cache_dir))
-        data, logs, tmp = (self.workdir / name for name in ("data", "logs", "tmp"))
-        for path in (data, logs, tmp):
-            path.mkdir()
+            jar = fetch_module(self.spec, name, self.cache_dir)
+            _install_module(self._home, self.spec, name, jar)
+        for name in ("data", "logs", "tmp"):
+            (self.workdir / name).mkdir()
         self._log = self.workdir / "console.log"
         self._log.touch()
-        self.http_port = free_port()
-        settings = {
-            "http.port": str(self.http_port),
-            "transport.port": str(free_port()),
-            "discovery.type": "single-node",
-            "network.host": "127.0.0.1",
-            "path.data": str(data),
-            "path.logs": str(logs),
-            "cluster.routing.allocation.disk.threshold_enabled": "false",
-        }
-        if self.spec.kind == "elasticsearch":
-            settings["xpack.security.enabled"] = "false"
-        settings.update(self.settings)
-        cmd = [str(home / "bin" / self.spec.kind)]
+        if os.geteuid() == 0:  # the node runs as nobody: hand it its files
+            _chown_tree(
+                self.workdir, pwd.getpwnam(_RUN_AS[0]).pw_uid, grp.getgrnam(_RUN_AS[1]).gr_gid
+            )
+            self.workdir.chmod(0o700)
+
+    def _spawn(self) -> None:
+        """Start the engine process on the node's ports (chosen on the first start, kept)."""
+        assert self.workdir is not None and self._java is not None and self._log is not None
+        self.http_port = self.http_port or free_port()
+        if self.cluster is not None:
+            self.transport_port = self.cluster.transport_ports[self.member]
+        self.transport_port = self.transport_port or free_port()
+        settings = node_settings(
+            self.spec,
+            http_port=self.http_port,
+            transport_port=self.transport_port,
+            data=self.workdir / "data",
+            logs=self.workdir / "logs",
+            cluster=self.cluster,
+            member=self.member,
+            extra=self.settings,
+        )
+        cmd = [str(self._home / "bin" / self.spec.kind)]
         for key, value in settings.items():
             cmd += ["-E", f"{key}={value}"]
-        prefix = self.spec.env_prefix
-        env = dict(os.environ)
-        env.update(
-            {
-                f"{prefix}_JAVA_HOME": str(java),
-                "JAVA_HOME": str(java),
-                f"{prefix}_JAVA_OPTS": f"-Xms{self.heap} -Xmx{self.heap}",
-                f"{prefix}_TMPDIR": str(tmp),
-                "TMPDIR": str(tmp),
-                "HOME": str(self.workdir),
-            }
+        env = node_env(
+            self.spec, java=self._java, heap=self.heap, tmp=self.workdir / "tmp", home=self.workdir
         )
-        env.pop("ES_PATH_CONF" if prefix == "ES" else "OPENSEARCH_PATH_CONF", None)
-        as_root = os.geteuid() == 0
-        if as_root:
-            uid = pwd.getpwnam(_RUN_AS[0]).pw_uid
-            gid = grp.getgrnam(_RUN_AS[1]).gr_gid
-            _chown_tree(self.workdir, uid, gid)
-            self.workdir.chmod(0o700)
         # As root, run as nobody: neither engine runs as root.
+        as_root = os.geteuid() == 0
         user = {"user": _RUN_AS[0], "group": _RUN_AS[1], "extra_groups": []} if as_root else {}
         with open(self._log, "ab") as out:
             self._proc = subprocess.Popen(  # type: ignore[call-overload]
                 cmd,
-                cwd=home,
+                cwd=self._home,
                 env=env,
                 stdin=subprocess.DEVNULL,
                 stdout=out,
@@ -222,48 +236,64 @@ class EngineNode:
             )
 
     def _wait_healthy(self) -> None:
-        assert self._proc is not None
+        self.wait_health("wait_for_status=yellow", _yellow_or_green, self.startup_timeout)
+
+    def wait_health(self, params: str, healthy: Callable[[Any], bool], timeout: float) -> None:
+        """Poll ``/_cluster/health?<params>&timeout=1s`` on this node until ``healthy`` holds
+        for the parsed answer; :class:`EngineStartError` with the log's tail if the node
+        exits first or ``timeout`` seconds pass."""
+        if self._proc is None:
+            raise EngineStartError(f"{self.spec} is not started")
         wait_healthy(
-            f"{self.url}/_cluster/health?wait_for_status=yellow&timeout=1s",
+            f"{self.url}/_cluster/health?{params}&timeout=1s",
             self._proc,
-            timeout=self.startup_timeout,
+            timeout=timeout,
             log=self._log,
-            name=str(self.spec),
-            healthy=_yellow_or_green,
+            name=f"{self.spec} ({self.url})",
+            healthy=lambda body: healthy(json.loads(body)),
             interval=0.5,
             error=EngineStartError,
         )
+
+    def kill(self) -> None:
+        """SIGKILL the node's process group, as a crash would end it: no shutdown, its
+        connections reset. Its files and ports are kept for :meth:`start`."""
+        proc = self._proc
+        if proc is None or proc.poll() is not None:
+            raise EngineStartError(f"{self.spec} is not running")
+        _kill_group(proc, signal.SIGKILL, timeout=30.0)
 
     def stop(self, timeout: float = 30.0) -> None:
         """SIGTERM the node (its whole process group), then SIGKILL; remove its files."""
         proc, self._proc = self._proc, None
         if proc is not None:
-            if proc.poll() is None:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(proc.pid, signal.SIGTERM)
-                try:
-                    proc.wait(timeout)
-                except subprocess.TimeoutExpired:
-                    pass
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGKILL)  # leftover children of the launcher
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                proc.wait(10)
+            _kill_group(proc, signal.SIGTERM, timeout)
         if self.workdir is not None:
             shutil.rmtree(self.workdir, ignore_errors=True)
             self.workdir = None
-        self.http_port = None
+        self.http_port = self.transport_port = None
         _live.discard(self)
 
 
-def start_all(
-    specs: Iterable[EngineSpec | str], *, concurrent: bool = True, heap: str = "512m"
-) -> list[EngineNode]:
-    """Start one node per spec (in threads if ``concurrent``); all or none.
+def _kill_group(proc: subprocess.Popen[bytes], sig: int, timeout: float) -> None:
+    """Send ``sig`` to the process group, wait up to ``timeout``, then SIGKILL the group
+    (leftover children of the launcher)."""
+    if proc.poll() is None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, sig)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(timeout)
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        proc.wait(10)
 
-    If any node fails, the others are stopped and the first error is raised.
+
+def start_nodes(nodes: Sequence[EngineNode], *, concurrent: bool = True) -> None:
+    """Start ``nodes`` (in threads if ``concurrent``); all or none.
+
+    If any node fails, all of them are stopped and the first error is raised.
     """
-    nodes = [EngineNode(spec, heap=heap) for spec in specs]
     errors: list[BaseException] = []
 
     def run(node: EngineNode) -> None:
@@ -287,4 +317,15 @@ def start_all(
         for node in nodes:
             node.stop()
         raise errors[0]
+
+
+def start_all(
+    specs: Iterable[EngineSpec | str], *, concurrent: bool = True, heap: str = "512m"
+) -> list[EngineNode]:
+    """Start one node per spec (in threads if ``concurrent``); all or none.
+
+    If any node fails, the others are stopped and the first error is raised.
+    """
+    nodes = [EngineNode(spec, heap=heap) for spec in specs]
+    start_nodes(nodes, concurrent=concurrent)
     return nodes

@@ -83,6 +83,10 @@ class _Reply(Exception):
         self.response = response
 
 
+#: Request headers not sent with a rewritten search: the body is new, and the answer is
+#: wanted uncompressed (the client's ``Accept-Encoding`` is honoured on the way back).
+_REWRITTEN_DROP = (b"content-length", b"content-encoding", b"accept-encoding")
+
 #: Bodies larger than this are parsed in a worker thread, so the event loop keeps serving.
 _OFF_LOOP_BYTES = 256 * 1024
 
@@ -92,6 +96,18 @@ async def _off_loop(data: bytes, work: Callable[[bytes], T]) -> T:
     if len(data) > _OFF_LOOP_BYTES:
         return await asyncio.to_thread(work, data)
     return work(data)
+
+
+def _plain(body: bytes, depth: int) -> bool:
+    """True when ``body`` can neither ask for reranking (no ``ext``, no ``retriever``, no
+    ``\\u`` escape that could spell them) nor nest deeper than ``depth`` (fewer brackets than
+    that in all): it can go to the engine as it is, unparsed."""
+    return (
+        b'"ext"' not in body
+        and b'"retriever"' not in body
+        and b"\\u" not in body
+        and body.count(b"{") + body.count(b"[") <= depth
+    )
 
 
 def _item_indices(item_header: Mapping[str, Any], route: Route) -> tuple[str, ...]:
@@ -135,22 +151,29 @@ class _Exchange:
                     self.req.headers,
                     () if raw_unchanged else (b"content-length", b"content-encoding"),
                 )
-                url = self.upstream.url(self.req.raw_path, self.original_query)
+                target = self.upstream.target(self.req.raw_path, self.original_query)
                 content = self.original or None
                 self.raw = await self.upstream.send(
-                    self.req.method, url, headers, content, stream=True
+                    self.req.method, target, headers, content, stream=True, retry=True
                 )
                 return None
             # The flow names what to drop (from/size, and _source* when it fetches the whole
             # _source to filter it afterwards); filter_path is applied to the rewritten response.
             drop = {*call.drop_params, "filter_path"}
             query = urlencode([(k, v) for k, v in self.params if k not in drop])
-            headers = client_headers(self.req.headers, (b"content-length", b"content-encoding"))
+            # The answer is parsed here, and compressed again for the client if it asked:
+            # the upstream sends it uncompressed (nothing to inflate on the hot path).
+            headers = client_headers(self.req.headers, _REWRITTEN_DROP)
             if header(headers, b"content-type") is None:
                 headers.append((b"content-type", b"application/json"))
-            url = self.upstream.url(self.req.raw_path, query)
+            target = self.upstream.target(self.req.raw_path, query)
             response = await self.upstream.send(
-                self.req.method, url, headers, self._serialise(call.body), stream=False
+                self.req.method,
+                target,
+                headers,
+                self._serialise(call.body),
+                stream=False,
+                retry=True,
             )
             self.response = response
             if response.status_code >= 300:
@@ -213,6 +236,10 @@ class SearchHandler:
         self, req: Incoming, route: Route, pairs: list[tuple[str, str]], params: dict[str, str]
     ) -> Outgoing:
         depth = self.settings.max_json_depth
+        if not self.resolver.for_indices(route.indices).enabled and _plain(req.body, depth):
+            exchange = _Exchange(self.upstream, req, pairs, req.raw_body, req.query, self.metrics)
+            await exchange(EngineCall(None, original=True))
+            return self._relay(exchange)
         body = None
         if req.body.strip():
             body = await _off_loop(req.body, lambda data: loads(data, max_depth=depth))

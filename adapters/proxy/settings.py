@@ -48,9 +48,10 @@ class ProxySettings(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    upstream: str = Field(
-        description="the engine's URL, e.g. http://localhost:9200 (credentials in it, "
-        "http://user:pw@host, move to upstream_auth)"
+    upstream: tuple[str, ...] = Field(
+        min_length=1,
+        description="an engine node's URL, e.g. http://localhost:9200; repeat it for the other "
+        "nodes of a cluster (credentials in it, http://user:pw@host, move to upstream_auth)",
     )
     #: ``Authorization`` sent upstream when the client sends none (a client's own wins)
     upstream_auth: str | None = Field(None, repr=False)
@@ -61,6 +62,26 @@ class ProxySettings(BaseModel):
     ca_file: str | None = Field(None, description="CA bundle (PEM) that verifies the upstream")
     client_cert: str | None = Field(None, description="client certificate (PEM) for the upstream")
     client_key: str | None = Field(None, description="the client certificate's key (PEM)")
+    # the node pool (elastic-transport's NodePool): failover, dead-node back-off, sniffing
+    max_retries: int = Field(
+        3, ge=0, description="other nodes a request may try after a node failed to answer"
+    )
+    retry_on_status: tuple[int, ...] = Field(
+        (429, 502, 503, 504),
+        description="statuses on which a search is sent to the next node (the official "
+        "clients' default)",
+    )
+    dead_backoff: float = Field(
+        1.0, gt=0, description="seconds a failed node rests, doubled per failure in a row"
+    )
+    max_dead_backoff: float = Field(30.0, gt=0, description="the longest rest of a failed node")
+    sniff_on_start: bool = Field(
+        False, description="add the cluster's HTTP nodes (_nodes/_all/http) at start-up"
+    )
+    sniff_on_node_failure: bool = Field(
+        False, description="sniff again when a node fails (at most once per sniff interval)"
+    )
+    sniff_interval: float = Field(10.0, ge=0, description="seconds between two sniffs at least")
     # timeouts (seconds) on every upstream call
     connect_timeout: float = Field(5.0, gt=0, description="seconds to connect to the upstream")
     upstream_timeout: float = Field(60.0, gt=0, description="seconds an upstream call may take")
@@ -79,7 +100,10 @@ class ProxySettings(BaseModel):
         1024 * 1024, ge=0, description="forwarded JSON bodies up to this size are depth-checked"
     )
     latency_budget_ms: float | None = Field(
-        None, gt=0, description="scoring slower than this falls back (engine order, flagged)"
+        1000.0,
+        gt=0,
+        description="milliseconds a search waits for its scores (model loading included); "
+        "slower scoring falls back (engine order, flagged)",
     )
     # optional proxy-level token, checked and stripped
     token: str | None = Field(None, repr=False)
@@ -102,30 +126,39 @@ class ProxySettings(BaseModel):
     @model_validator(mode="before")
     @classmethod
     def _credentials(cls, data: Any) -> Any:
-        """Move ``user:password@`` out of the upstream URL (it would reach logs)."""
-        if not isinstance(data, dict) or not isinstance(data.get("upstream"), str):
+        """One URL or several; ``user:password@`` moved out of each (it would reach logs)."""
+        if not isinstance(data, dict) or "upstream" not in data:
             return data
-        parts = urlsplit(data["upstream"])
-        if parts.username is None and parts.password is None:
+        urls = data["upstream"]
+        urls = [urls] if isinstance(urls, str) else urls
+        if not isinstance(urls, (list, tuple)) or not all(isinstance(u, str) for u in urls):
             return data
-        netloc = parts.netloc.rpartition("@")[2]
-        userinfo = f"{unquote(parts.username or '')}:{unquote(parts.password or '')}"
-        auth = "Basic " + base64.b64encode(userinfo.encode()).decode()
-        return {
-            **data,
-            "upstream": urlunsplit(parts._replace(netloc=netloc)),
-            "upstream_auth": data.get("upstream_auth") or auth,
-        }
+        auth, clean = data.get("upstream_auth"), []
+        for url in urls:
+            parts = urlsplit(url)
+            if parts.username is None and parts.password is None:
+                clean.append(url)
+                continue
+            netloc = parts.netloc.rpartition("@")[2]
+            userinfo = f"{unquote(parts.username or '')}:{unquote(parts.password or '')}"
+            auth = auth or "Basic " + base64.b64encode(userinfo.encode()).decode()
+            clean.append(urlunsplit(parts._replace(netloc=netloc)))
+        return {**data, "upstream": tuple(clean), "upstream_auth": auth}
 
     @field_validator("upstream")
     @classmethod
-    def _url(cls, value: str) -> str:
-        parts = urlsplit(value)
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise ValueError("upstream must be an http:// or https:// URL with a host")
-        if parts.query or parts.fragment:
-            raise ValueError("upstream must not have a query or a fragment")
-        return value.rstrip("/")
+    def _url(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        out = []
+        for url in value:
+            parts = urlsplit(url)
+            if parts.scheme not in ("http", "https") or not parts.hostname:
+                raise ValueError("upstream must be an http:// or https:// URL with a host")
+            if parts.query or parts.fragment:
+                raise ValueError("upstream must not have a query or a fragment")
+            out.append(url.rstrip("/"))
+        if len({urlsplit(u).scheme for u in out}) > 1:
+            raise ValueError("the upstream nodes must all use http:// or all https://")
+        return tuple(dict.fromkeys(out))
 
     @field_validator("token_header")
     @classmethod
