@@ -12,6 +12,11 @@ SHELL := /bin/bash
 PYTHON  ?= python3.11
 VENV    := .venv
 ES8     := .venv-es8
+# Infinity (a peer rerank server) in its own venv: it pins sentence-transformers < 4 and
+# numpy < 2. Its wheels are kept in INFINITY_WHEELS, so a later setup installs offline.
+INFINITY        := .venv-infinity
+INFINITY_SPEC   ?= infinity-emb[server,torch]==0.0.78
+INFINITY_WHEELS ?= $(HOME)/.cache/crossrank/wheels/infinity-emb-0.0.78
 BIN     := $(VENV)/bin
 PY      := $(BIN)/python
 
@@ -22,9 +27,9 @@ ENGINES_PASS2 ?= elasticsearch:8.19.21
 PYTEST_ARGS ?=
 
 .PHONY: setup demo venv es8 engines test lint typecheck unit integration integration-pass1 \
-        integration-pass2 wheel-check clean
+        integration-pass2 wheel-check clean infinity
 
-setup: venv es8 engines
+setup: venv es8 engines infinity
 
 # The main job: set up, then the demo on a real OpenSearch node.
 demo: setup
@@ -39,6 +44,17 @@ es8: venv
 	rm -rf $(ES8)
 	$(PY) -m pip install -q --no-deps --target $(ES8) \
 	    "elasticsearch>=8.15,<9" "elastic-transport>=8.15,<9"
+
+# Infinity for integration_tests/test_infinity.py and benchmarks/bench_peers.py: installed
+# from the wheel cache when it has everything, else the wheels are downloaded there first.
+infinity:
+	test -x $(INFINITY)/bin/infinity_emb || { \
+	    rm -rf $(INFINITY) && $(PYTHON) -m venv $(INFINITY) && \
+	    { $(INFINITY)/bin/pip install -q --no-index --find-links $(INFINITY_WHEELS) \
+	        "$(INFINITY_SPEC)" 2>/dev/null || \
+	      { $(INFINITY)/bin/pip download -q -d $(INFINITY_WHEELS) "$(INFINITY_SPEC)" && \
+	        $(INFINITY)/bin/pip install -q --no-index --find-links $(INFINITY_WHEELS) \
+	            "$(INFINITY_SPEC)"; }; }; }
 
 engines: venv
 	$(PY) -m crossrank.adapters.nodes fetch $(ENGINES_PASS1) $(ENGINES_PASS2)
@@ -73,4 +89,4 @@ wheel-check:
 	    bash .ci/check_wheel.sh
 
 clean:
-	rm -rf $(VENV) $(ES8) .mypy_cache .ruff_cache .pytest_cache
+	rm -rf $(VENV) $(ES8) $(INFINITY) .mypy_cache .ruff_cache .pytest_cache

@@ -14,7 +14,7 @@ from typing import Any
 from crossrank.adapters.connect import Kind
 from crossrank.adapters.core.plan import fuse_scores
 from crossrank.reranker.config import FusionConfig, RerankConfig
-from crossrank.reranker.errors import EngineRequestError
+from crossrank.reranker.errors import EngineRequestError, ScorerError
 
 __all__ = [
     "METRICS",
@@ -220,6 +220,12 @@ def evaluate(
         data = getattr(resp, "body", resp)
         hits = data["hits"]["hits"]
         info = data.get("_rerank", {})
+        if info.get("fallback"):
+            raise ScorerError(
+                f"query {qid}: reranking fell back to engine order ({info.get('error')}); "
+                "eval needs every query reranked: give scoring more time (the proxy's "
+                "--latency-budget-ms, a remote scorer's scorer_timeout) or a faster scorer"
+            )
         stages["scoring"].append(float(info.get("scoring_ms", 0.0)))
         stages["total"].append(total)
         stages["engine"].append(total - stages["scoring"][-1])

@@ -156,6 +156,7 @@ def bench_crossrank(
     budget_s: float,
 ) -> tuple[list[Row], dict[str, Scores], dict[str, Any]]:
     from crossrank.reranker import LocalScorer, RerankConfig, ScoreRequest
+    from crossrank.reranker.local.batching import pack
 
     options: dict[str, Any] = {
         "model": str(model_dir),
@@ -229,7 +230,9 @@ def bench_crossrank(
         "rows": len(enc.input_ids),
         "tokens": int(sum(len(ids) for ids in enc.input_ids)),
         "max_row_tokens": int(max(len(ids) for ids in enc.input_ids)),
-        "batches": [len(b) for b in scorer._batches(enc)],
+        "batches": [
+            len(b) for b in pack([len(ids) for ids in enc.input_ids], scorer.config.batch_tokens)
+        ],
         "truncated_docs": int(sum(r.truncated for r in results)),
         "query_truncated": int(sum(r.query_truncated for r in results)),
     }
@@ -290,6 +293,74 @@ def bench_cross_encoder(
     return row, np.asarray(out, dtype=np.float64), info
 
 
+# --------------------------------------------------------------------------- ONNX (optional)
+
+# Run by --onnx-python in another interpreter: sentence-transformers' ONNX backend needs
+# optimum-onnx, which pins transformers < 4.58 (see benchmarks/README.md), so it lives in a
+# venv of its own. Argument: a JSON file {model, pairs, max_length, batch_size, repeat,
+# threads}; prints {"scores", "total_ms", "versions"} as JSON on its last line.
+_ONNX_SCRIPT = """
+import json, sys, time, shutil, tempfile
+import torch
+from sentence_transformers import CrossEncoder
+import sentence_transformers, transformers, onnxruntime
+job = json.load(open(sys.argv[1]))
+torch.set_num_threads(job["threads"])
+work = tempfile.mkdtemp()
+model = shutil.copytree(job["model"], work + "/model")  # the export is written beside it
+ce = CrossEncoder(model, device="cpu", backend="onnx", max_length=job["max_length"],
+                  activation_fn=torch.nn.Identity(),
+                  model_kwargs={"provider": "CPUExecutionProvider"})
+pairs = [tuple(p) for p in job["pairs"]]
+def predict():
+    return ce.predict(pairs, batch_size=job["batch_size"], show_progress_bar=False,
+                      convert_to_numpy=True)
+out = predict()
+times = []
+for _ in range(job["repeat"]):
+    t0 = time.perf_counter()
+    out = predict()
+    times.append((time.perf_counter() - t0) * 1000)
+print(json.dumps({"scores": [float(x) for x in out], "total_ms": times, "versions": {
+    "sentence_transformers": sentence_transformers.__version__,
+    "transformers": transformers.__version__, "onnxruntime": onnxruntime.__version__}}))
+"""
+
+
+def bench_onnx(
+    python: str, model_dir: Path, queries: list[Query], max_length: int, batch_size: int,
+    repeat: int, threads: int,
+) -> tuple[Row, Scores, dict[str, Any]]:
+    """``CrossEncoder(backend="onnx")`` (ONNX Runtime, CPU) in the interpreter ``python``."""
+    import subprocess
+
+    pairs = [(q.text, d) for q in queries for d in q.docs]
+    with tempfile.TemporaryDirectory(prefix="crossrank-onnx-") as tmp:
+        job = Path(tmp) / "job.json"
+        job.write_text(json.dumps({
+            "model": str(model_dir), "pairs": pairs, "max_length": max_length,
+            "batch_size": batch_size, "repeat": repeat, "threads": threads,
+        }))
+        proc = subprocess.run(
+            [python, "-c", _ONNX_SCRIPT, str(job)], capture_output=True, text=True, timeout=1800
+        )
+    if proc.returncode != 0:
+        raise RuntimeError(f"the ONNX variant failed in {python}:\n{proc.stderr[-3000:]}")
+    data = json.loads(proc.stdout.strip().splitlines()[-1])
+    total = _median_ms([t / 1000 for t in data["total_ms"]])
+    row = Row(
+        "CrossEncoder onnx",
+        "-",
+        "fp32",
+        math.nan,
+        math.nan,
+        total,
+        repeat=repeat,
+        samples_ms={"total": data["total_ms"]},
+    )
+    return row, np.asarray(data["scores"], dtype=np.float64), data["versions"]
+
+
 # --------------------------------------------------------------------------- agreement
 
 
@@ -304,6 +375,96 @@ def mean_kendall(scores: Scores, ref: Scores, sizes: Sequence[int]) -> float:
         taus.append(float(res.statistic))
         start += n
     return float(np.mean(taus))
+
+
+# --------------------------------------------------------------------------- ties (--ties)
+
+
+def tie_stats(scores: Scores, sizes: Sequence[int], top: int = 10) -> dict[str, float]:
+    """Exact ties in each query's ranking: the fraction of queries whose top ``top`` holds
+    two equal scores, and the fraction of adjacent pairs (over each query's whole list,
+    the BM25 top ``--top-k``) with equal scores."""
+    queries_tied = 0
+    pairs = tied = 0
+    start = 0
+    for n in sizes:
+        ranked = np.sort(scores[start : start + n])[::-1]
+        start += n
+        if len(set(ranked[:top].tolist())) < min(top, n):
+            queries_tied += 1
+        pairs += max(n - 1, 0)
+        tied += int(np.sum(ranked[1:] == ranked[:-1]))
+    return {
+        "queries_with_top10_tie": queries_tied / len(sizes),
+        "adjacent_pairs_tied": tied / pairs if pairs else 0.0,
+        "queries": float(len(sizes)),
+        "adjacent_pairs": float(pairs),
+    }
+
+
+def _bf16_head(scorer: Any) -> None:
+    """Undo the fp32 head of a bf16 scorer (the behaviour before it): head weights back to
+    bf16, its input cast removed, so the logits come out of bf16 arithmetic."""
+    from crossrank.reranker.local.model import head_modules
+
+    for module in head_modules(scorer.model):
+        module._forward_pre_hooks.clear()
+        module.to(torch.bfloat16)
+
+
+def bench_ties(
+    model_dir: Path, queries: list[Query], max_length: int, repeat: int
+) -> tuple[str, dict[str, Any]]:
+    """crossrank fp32, bf16 with a bf16 head (before) and bf16 with the fp32 head (now):
+    tie rates, Kendall tau against fp32 and model speed against fp32, on the same pairs."""
+    from crossrank.reranker import LocalScorer, RerankConfig, ScoreRequest
+
+    sizes = [len(q.docs) for q in queries]
+    requests = [ScoreRequest(q.text, q.docs) for q in queries]
+    options: dict[str, Any] = {"model": str(model_dir), "device": "cpu", "max_length": max_length}
+    if "score_cache_bytes" in RerankConfig.model_fields:
+        options["score_cache_bytes"] = 0  # every call runs the model
+    variants = [("fp32", "float32", False), ("bf16, bf16 head (before)", "bfloat16", True),
+                ("bf16, fp32 head (now)", "bfloat16", False)]
+    out: dict[str, Any] = {}
+    ref: Scores | None = None
+    base_s = math.nan
+    for name, dtype, old_head in variants:
+        scorer = LocalScorer(RerankConfig(dtype=dtype, **options))
+        if old_head:
+            _bf16_head(scorer)
+        encoded = [scorer.encode([r]) for r in requests]  # tokenization is not timed
+        scorer.score_encoded(encoded[0], [requests[0]])  # warm-up
+        times: list[float] = []
+        got: Scores = np.zeros(0)
+        for _ in range(repeat):
+            t0 = time.perf_counter()
+            results = [scorer.score_encoded(e, [r])[0] for e, r in zip(encoded, requests)]
+            times.append(time.perf_counter() - t0)
+            got = np.array([s for res in results for s in res.scores], dtype=np.float64)
+        seconds = statistics.median(times)
+        if ref is None:
+            ref, base_s = got, seconds
+        out[name] = {
+            **tie_stats(got, sizes),
+            "tau_vs_fp32": mean_kendall(got, ref, sizes),
+            "max_abs_diff_vs_fp32": float(np.max(np.abs(got - ref))),
+            "model_s": seconds,
+            "speed_vs_fp32": base_s / seconds,
+            "samples_s": times,
+        }
+    header = ("variant", "top-10 tie (queries)", "tied adjacent pairs", "tau vs fp32",
+              "max|d| vs fp32", "model s", "speed x fp32")
+    body = [
+        (name, f"{v['queries_with_top10_tie']:.3f}", f"{v['adjacent_pairs_tied']:.4f}",
+         f"{v['tau_vs_fp32']:.4f}", f"{v['max_abs_diff_vs_fp32']:.2e}", f"{v['model_s']:.1f}",
+         f"{v['speed_vs_fp32']:.2f}")
+        for name, v in out.items()
+    ]
+    widths = [max(len(c) for c in col) for col in zip(header, *body)]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths)) for row in [header, *body]]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines), out
 
 
 # --------------------------------------------------------------------------- output
@@ -384,6 +545,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--dtypes", default="float32,bfloat16", help="crossrank dtypes")
     parser.add_argument("--json", type=Path, default=None, help="write the figures here")
+    parser.add_argument(
+        "--ties",
+        action="store_true",
+        help="instead of the table above: exact-tie rates, tau and model speed of crossrank "
+        "fp32, bf16 with a bf16 head (before) and bf16 with its fp32 head (now)",
+    )
+    parser.add_argument(
+        "--onnx-python",
+        default=None,
+        help="also CrossEncoder(backend='onnx'), run by this interpreter (a venv with "
+        "sentence-transformers and optimum-onnx[onnxruntime]; see benchmarks/README.md)",
+    )
     args = parser.parse_args(argv)
 
     torch.set_num_threads(args.threads)
@@ -391,6 +564,30 @@ def main(argv: Sequence[str] | None = None) -> int:
     queries = load_pairs(args.datasets, args.dataset, args.queries, args.query_id, args.top_k)
     sizes = [len(q.docs) for q in queries]
     n_pairs = sum(sizes)
+
+    if args.ties:
+        with tempfile.TemporaryDirectory(prefix="crossrank-bench-") as tmp:
+            model_dir = prepare_model(args.model, Path(tmp))
+            table, ties = bench_ties(model_dir, queries, args.max_length, args.repeat)
+        load_end = os.getloadavg()
+        print(
+            f"{args.dataset}: {len(queries)} queries x BM25 top {args.top_k}, {n_pairs} pairs; "
+            f"max_length {args.max_length}; torch {torch.__version__} on {args.threads} "
+            f"thread(s), CPU capability {torch.backends.cpu.get_cpu_capability()}, flags "
+            f"{cpu_flags() or 'none'}; model time = score_encoded over all queries, median of "
+            f"{args.repeat}; load average {load_start[0]:.2f} -> {load_end[0]:.2f}\n"
+        )
+        print(table)
+        if args.json is not None:
+            args.json.parent.mkdir(parents=True, exist_ok=True)
+            args.json.write_text(json.dumps({
+                "dataset": args.dataset, "queries": [q.qid for q in queries],
+                "top_k": args.top_k, "max_length": args.max_length, "torch": torch.__version__,
+                "cpu_flags": cpu_flags(), "threads": args.threads, "ties": ties,
+                "loadavg_start": load_start, "loadavg_end": load_end,
+            }, indent=2) + "\n")
+            print(f"\nwrote {args.json}")
+        return 0
 
     with tempfile.TemporaryDirectory(prefix="crossrank-bench-") as tmp:
         model_dir = prepare_model(args.model, Path(tmp))
@@ -404,6 +601,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         rows = [ce_row]
         cr_info: dict[str, Any] = {}
         cr_scores: dict[str, dict[str, Scores]] = {}
+        onnx_info: dict[str, Any] = {}
+        if args.onnx_python:
+            onnx_row, onnx_scores, onnx_versions = bench_onnx(
+                args.onnx_python, model_dir, queries, args.max_length, args.batch_size,
+                args.repeat, args.threads,
+            )
+            onnx_row.kendall_tau = mean_kendall(onnx_scores, ref, sizes)
+            onnx_row.max_abs_diff = float(np.max(np.abs(onnx_scores - ref)))
+            onnx_row.speed_vs_ce = ce_row.total_ms / onnx_row.total_ms
+            rows.append(onnx_row)
+            onnx_info = {"python": args.onnx_python, **onnx_versions}
         for dtype in [d.strip() for d in args.dtypes.split(",") if d.strip()]:
             got, scores, info = bench_crossrank(
                 model_dir,
@@ -440,6 +648,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"(longest {info['max_row_tokens']}), batches {info['batches']}, "
             f"{info['truncated_docs']} docs truncated"
         )
+    if onnx_info:
+        print(f"CrossEncoder onnx (its own venv): {onnx_info}")
     print(
         f"CrossEncoder: batch_size {args.batch_size}, {ce_info['tokens']} tokens, "
         f"{ce_info['truncated_pairs']} pairs at max_length, activation {ce_info['activation_fn']}"
@@ -491,6 +701,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "python": sys.version.split()[0],
             "crossencoder": ce_info,
             "crossrank": cr_info,
+            "onnx": onnx_info,
             "rows": [asdict(r) for r in rows],
             "sanity_fp32_within_1e-4": ok,
             "loadavg_start": load_start,

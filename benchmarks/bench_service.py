@@ -88,7 +88,10 @@ def main(argv: list[str] | None = None) -> int:
     pairs = args.requests * args.docs
     with tempfile.TemporaryDirectory() as tmp:
         model = build_model(Path(tmp) / "model", args.tiny)
-        local = LocalScorer(RerankConfig(model=str(model), max_length=args.max_length))
+        # no score cache: every variant scores every pair (the warm-up would answer the rest)
+        local = LocalScorer(
+            RerankConfig(model=str(model), max_length=args.max_length, score_cache_bytes=0)
+        )
         for r in requests:  # warm-up: every variant runs with the document cache filled
             local.score([ScoreRequest(r["query"], r["texts"])])
         started = time.perf_counter()
@@ -97,6 +100,7 @@ def main(argv: list[str] | None = None) -> int:
         local_rate = pairs / (time.perf_counter() - started)
         del local
         serve = ["--model", str(model), "--max-length", str(args.max_length)]
+        serve += ["--score-cache-bytes", "0"]
         server = CrossrankProcess("serve", [*serve, "--log-level", "warning"]).start(120.0)
         url = server.url
         try:

@@ -72,11 +72,13 @@ class ProxyProcess:
 
 def start_proxy(upstream: str, *args: str, startup_timeout: float = 180.0) -> ProxyProcess:
     """Start ``crossrank proxy`` on a free port and wait for its health endpoint (this
-    repository on its ``PYTHONPATH``, for ``--scorer-factory`` of :func:`faulty_scorer`)."""
+    repository on its ``PYTHONPATH``, for ``--scorer-factory`` of :func:`faulty_scorer`).
+    Its latency budget and a remote scorer's deadline are 10 min unless ``args`` set them: a
+    test's reranking must not depend on this machine's speed (the defaults are 1 s)."""
     path = os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])
-    process = CrossrankProcess(
-        "proxy", ["--upstream", upstream, *args], env={"PYTHONPATH": path}, cwd=REPO
-    )
+    generous = ["--latency-budget-ms", "600000", "--rerank-json", '{"scorer_timeout": 600}']
+    argv = ["--upstream", upstream, *generous, *args]
+    process = CrossrankProcess("proxy", argv, env={"PYTHONPATH": path}, cwd=REPO)
     return ProxyProcess(process.start(startup_timeout))
 
 

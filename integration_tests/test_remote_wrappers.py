@@ -46,7 +46,9 @@ def test_remote_scorer_gives_the_local_order(
     local = search(
         engine.client(rerank=config(tiny_model_dir), scorer=LocalScorer(config(tiny_model_dir)))
     )
-    remote_cfg = config(tiny_model_dir, scorer_urls=(service.url,), scorer_format=fmt)
+    remote_cfg = config(  # a generous deadline: this checks the order, not the speed
+        tiny_model_dir, scorer_urls=(service.url,), scorer_format=fmt, scorer_timeout=60.0
+    )
     remote = search(engine.client(rerank=remote_cfg))  # no scorer=: made from scorer_urls
     assert "fallback" not in remote["_rerank"]
     assert ids(remote) == ids(local)

@@ -66,6 +66,8 @@ class ScorerOptions(BaseModel):
     batch_tokens: int = Field(16384, ge=64)
     cache_size: int = Field(50_000, ge=0)
     cache_bytes: int = Field(256 * 1024 * 1024, ge=0)
+    # score cache: (model instance, settings, caps, query, document) -> score; 0: off
+    score_cache_bytes: int = Field(64 * 1024 * 1024, ge=0)
     # seconds a search waits for the model to load; the load goes on in the background,
     # the search answers in engine order (flagged), a failed load is retried after a back-off
     load_timeout: float = Field(10.0, ge=0)
@@ -73,9 +75,13 @@ class ScorerOptions(BaseModel):
     scorer_urls: tuple[str, ...] = ()
     scorer_format: Literal["crossrank", "tei", "cohere", "jina"] = "crossrank"
     scorer_api_key: str | None = Field(None, repr=False)
-    scorer_connect_timeout: float = Field(2.0, gt=0)
-    scorer_timeout: float = Field(10.0, gt=0)
-    scorer_retries: int = Field(2, ge=0)
+    # latency budget of a remote score call: ``scorer_timeout`` bounds the whole call, retries
+    # and back-off included (a search user accepts about a second; 0.8 s stays inside the
+    # proxy's 1 s budget, so the client itself sees a scorer that does not answer and opens its
+    # circuit); one retry fits in it (connecting takes at most 0.2 s)
+    scorer_connect_timeout: float = Field(0.2, gt=0)
+    scorer_timeout: float = Field(0.8, gt=0)
+    scorer_retries: int = Field(1, ge=0)
 
 
 class RequestOptions(BaseModel):
@@ -135,9 +141,7 @@ class RerankConfig(RequestOptions, ScorerOptions):
         """Return a copy with per-call ``options`` applied (validated like the original)."""
         if options is None:
             return self
-        data = (
-            options.model_dump(exclude_unset=True) if isinstance(options, BaseModel) else options
-        )
+        data = options.model_dump(exclude_unset=True) if isinstance(options, BaseModel) else options
         fixed = sorted(set(data) & SCORER_FIELDS)
         changed = [k for k in fixed if data[k] != getattr(self, k)]
         if changed:

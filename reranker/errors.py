@@ -14,7 +14,10 @@ Tree (the module of the classes defined elsewhere in brackets)::
     │   │   │                         still loading, or waits to be retried)
     │   │   └── UnsupportedModelError (TypeError)  a model or tokenizer crossrank cannot
     │   │                             use (e.g. a slow, non-Rust tokenizer)
-    │   └── ScorerTimeoutError        scoring exceeded its latency budget
+    │   ├── ScorerTimeoutError        scoring exceeded its latency budget
+    │   └── ScorerOverloadedError     the scorer is too busy to answer within the budget
+    │                                 left: the call was shed (not sent, or refused with a
+    │                                 429 by the service) instead of waiting
     ├── ServiceError                  the scorer service refuses a request
     │   ├── InvalidRequestError (ValueError)  malformed or empty input
     │   ├── UnauthorizedError         missing or wrong bearer token
@@ -78,6 +81,11 @@ class ScorerTimeoutError(ScorerError):
     budget only, and is shown to search clients)."""
 
 
+class ScorerOverloadedError(ScorerError):
+    """The scorer is too busy to answer within the latency budget that is left: the call was
+    shed at once (not sent, or refused by the service with a 429) instead of waiting."""
+
+
 class MalformedInputError(CrossrankError, ValueError):
     """A request body that is not valid JSON (or UTF-8), or is nested too deeply."""
 
@@ -127,4 +135,6 @@ def public_reason(exc: BaseException) -> str:
         return str(exc) or "scoring exceeded its latency budget"
     if isinstance(exc, ModelLoadError):
         return "the reranking model is not available"
+    if isinstance(exc, ScorerOverloadedError):
+        return "the scorer is overloaded"
     return "the scorer failed"

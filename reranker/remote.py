@@ -137,6 +137,8 @@ Outcome = list[ScoreResult] | BaseException | None
 
 #: most threads one sync ``score`` runs its calls on (``ascore`` runs them all at once)
 SYNC_WORKERS = 16
+#: seconds :meth:`RemoteScorer.acheck` waits for each scorer URL
+CHECK_TIMEOUT = 2.0
 
 
 class RemoteScorer:
@@ -146,7 +148,12 @@ class RemoteScorer:
     use). Connection errors, 429, 502, 503 and 504 are retried (``scorer_retries``) with
     jittered backoff or the server's Retry-After; URLs are balanced round-robin, skipping
     open circuits (``breaker_threshold`` consecutive failures, ``breaker_cooldown``
-    seconds). ``transport`` replaces the network, ``clock`` the monotonic clock (tests).
+    seconds). A call is shed at once (``ScorerOverloadedError``) when a busy URL's recent
+    latency says it would not answer in the time left
+    (:mod:`crossrank.reranker.retry`). Every call tells the service how many milliseconds
+    it still waits (header ``x-crossrank-deadline-ms``), so a crossrank service whose queue
+    is too long refuses it at once (429) instead of queueing it. ``transport`` replaces the
+    network, ``clock`` the monotonic clock (tests).
 
     Both shells drive the same :func:`call_flow` for every call of a request, all calls at
     once (a small thread pool per :meth:`score`, tasks in :meth:`ascore`), and both return
@@ -183,6 +190,11 @@ class RemoteScorer:
 
     def _timeout(self, seconds: float) -> httpx.Timeout:
         return httpx.Timeout(seconds, connect=min(seconds, self.config.scorer_connect_timeout))
+
+    @staticmethod
+    def _deadline_header(step: Send) -> dict[str, str]:
+        """How long this call's answer is still awaited, for the service's admission."""
+        return {wire.DEADLINE_HEADER: str(max(1, int(step.timeout * 1000)))}
 
     def _flows(self, requests: Sequence[ScoreRequest]) -> tuple[float, list[tuple[Call, Flow]]]:
         """The deadline of one scoring call, and a flow per HTTP call, all sharing it."""
@@ -224,7 +236,11 @@ class RemoteScorer:
         deadline = self._clock() + step.timeout
         try:
             with self._sync_client().stream(
-                "POST", step.url, json=step.body, timeout=self._timeout(step.timeout)
+                "POST",
+                step.url,
+                json=step.body,
+                headers=self._deadline_header(step),
+                timeout=self._timeout(step.timeout),
             ) as r:
                 content = bytearray()
                 for chunk in r.iter_bytes():
@@ -247,6 +263,8 @@ class RemoteScorer:
         except StopIteration as stop:
             results: list[ScoreResult] = stop.value
             return results
+        finally:
+            flow.close()  # an abandoned call leaves its URL's in-flight count
 
     def score(self, requests: Sequence[ScoreRequest]) -> list[ScoreResult]:
         """Score over HTTP, blocking; the calls run concurrently, in worker threads."""
@@ -274,7 +292,12 @@ class RemoteScorer:
     async def _asend(self, step: Send) -> Answer | Exception:
         client = self._async_client()
         try:
-            post = client.post(step.url, json=step.body, timeout=self._timeout(step.timeout))
+            post = client.post(
+                step.url,
+                json=step.body,
+                headers=self._deadline_header(step),
+                timeout=self._timeout(step.timeout),
+            )
             r = await asyncio.wait_for(post, step.timeout)
         except asyncio.TimeoutError:
             return httpx.ReadTimeout(f"no answer within {step.timeout:.2f}s")
@@ -294,6 +317,8 @@ class RemoteScorer:
         except StopIteration as stop:
             results: list[ScoreResult] = stop.value
             return results
+        finally:
+            flow.close()  # cancelled (deadline, budget): its URL's in-flight count drops
 
     async def ascore(self, requests: Sequence[ScoreRequest]) -> list[ScoreResult]:
         """Score over HTTP without blocking the event loop; the calls run concurrently."""
@@ -348,7 +373,8 @@ class RemoteScorer:
 
     @property
     def _check_timeout(self) -> float:
-        return min(self.config.scorer_timeout, 2 * self.config.scorer_connect_timeout)
+        # a readiness check is off the search path: not bound by the search budget
+        return max(CHECK_TIMEOUT, self.config.scorer_connect_timeout)
 
     def close(self) -> None:
         """Close the sync connection pool."""

@@ -44,6 +44,7 @@ from crossrank.reranker.errors import InvalidRequestError
 from crossrank.reranker.scoring import ScoreRequest, ScoreResult
 
 __all__ = [
+    "DEADLINE_HEADER",
     "CohereRequest",
     "CohereResponse",
     "CrossrankRequest",
@@ -58,6 +59,9 @@ __all__ = [
 
 #: the per-request token caps, as every format names them
 CAPS = ("max_tokens_per_query", "max_tokens_per_doc")
+#: request header: how many milliseconds the client still waits for this answer (any format);
+#: a crossrank service whose queue would take longer answers 429 at once instead of queueing
+DEADLINE_HEADER = "x-crossrank-deadline-ms"
 
 
 # ---------------------------------------------------------------------- scores

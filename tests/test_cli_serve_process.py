@@ -112,7 +112,9 @@ def idle(proc: ScorerProcess) -> None:
 
 
 def remote(proc: ScorerProcess, **kw: Any) -> RemoteScorer:
-    return RemoteScorer(RerankConfig(scorer_urls=(proc.url,), scorer_api_key=KEY, **kw))
+    # a generous deadline: these tests check answers, not speed (the default is 1 s)
+    config = {"scorer_timeout": 30.0, **kw}
+    return RemoteScorer(RerankConfig(scorer_urls=(proc.url,), scorer_api_key=KEY, **config))
 
 
 def local(path: Path) -> LocalScorer:

@@ -74,7 +74,7 @@ def test_model_without_token_type_ids(tmp_path: Path) -> None:
 
 
 def test_deterministic_and_independent_of_batch_budget(tiny_model_dir: Path) -> None:
-    big = scorer(tiny_model_dir)
+    big = scorer(tiny_model_dir, score_cache_bytes=0)  # the model twice, not the cache
     small = scorer(tiny_model_dir, batch_tokens=600)
     requests = [ScoreRequest(QUERY, DOCS), ScoreRequest("heat", DOCS[::-1])]
     first = big.score(requests)

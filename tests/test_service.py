@@ -19,6 +19,7 @@ import pytest
 from crossrank.adapters.cli.serve import main, parse_args
 from crossrank.reranker import LocalScorer, RerankConfig, ScoreRequest
 from crossrank.reranker.errors import ModelLoadError, OverloadedError
+from crossrank.reranker.score_cache import ENTRY_BYTES
 from crossrank.reranker.service import ServeSettings, create_app, load_backends
 from crossrank.reranker.service import app as app_module
 from crossrank.reranker.service.protocol import sigmoid
@@ -162,8 +163,8 @@ async def test_non_finite_scores_are_a_500(
 ) -> None:
     backend = backends["tiny"]
     monkeypatch.setattr(backend, "forward", lambda batch: np.full(len(batch.input_ids), np.nan))
-    with caplog.at_level(logging.ERROR):
-        r = await client.post("/rerank", json={"query": "q", "texts": ["a", "b"]})
+    with caplog.at_level(logging.ERROR):  # texts no other test sends: not in the score cache
+        r = await client.post("/rerank", json={"query": "q", "texts": ["nan a", "nan b"]})
     assert r.status_code == 500 and r.json()["error"]["reason"] == "the scorer failed"
     assert "non-finite" in caplog.text  # the operator's log has the whole story
     monkeypatch.undo()
@@ -595,7 +596,7 @@ async def test_a_model_that_cannot_load_is_one_line_and_status_1(
     assert err.startswith("crossrank serve: cannot load model '/nonexistent': ")
     assert err.count("\n") == 1 and "Traceback" not in err
 
-    def broken(name: str, config: Any) -> Any:
+    def broken(name: str, config: Any, *shared: Any) -> Any:
         raise RuntimeError("CUDA out of memory\nsecond line")
 
     monkeypatch.setattr(app_module, "ModelBackend", broken)
@@ -645,3 +646,79 @@ async def test_cli_settings(tmp_path: Path) -> None:
     assert s.max_documents == 50 and s.model_config_for("/m/b").model == "/m/b"
     assert not s.model_config_for("a").sigmoid
     assert not math.isnan(sigmoid(-1000.0)) and sigmoid(1000.0) == 1.0
+
+
+# ---------------------------------------------------------------------- score cache
+
+
+def _metric(text: str, name: str) -> float:
+    (line,) = [x for x in text.splitlines() if x.startswith(name + " ")]
+    return float(line.split()[1])
+
+
+async def test_repeated_requests_are_answered_from_the_score_cache(
+    client: httpx.AsyncClient, backends: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    metrics = client.app.state.metrics  # type: ignore[attr-defined]
+    passes = metrics.forward_passes.labels("tiny")
+    docs = ["cached one", "cached two", "cached three"]
+    item = {"query": "score cache " * 40, "documents": docs}  # query over 64 tokens
+    body = {"requests": [item, {**item, "max_tokens_per_doc": 1}]}  # every document cut
+    cohere = {"query": "score cache", "documents": docs}
+    before = (await client.get("/metrics")).text
+    first = await client.post("/rerank", json=body)
+    first_cohere = await client.post("/v2/rerank", json=cohere)
+    assert first.status_code == first_cohere.status_code == 200
+    scored = passes._value.get()
+
+    def refuse(batch: Any) -> Any:
+        raise AssertionError("a cached pair reached the model")
+
+    monkeypatch.setattr(backends["tiny"], "forward", refuse)
+    again = await client.post("/rerank", json=body)
+    again_cohere = await client.post("/v2/rerank", json=cohere)
+    assert passes._value.get() == scored
+    assert (
+        again.json() == first.json()
+        and again_cohere.json()["results"] == (first_cohere.json()["results"])
+    )
+    result, capped = again.json()["results"]
+    assert (result["truncated"], result["query_truncated"]) == (0, True)
+    assert capped["truncated"] == 3
+    after = (await client.get("/metrics")).text
+    hits = "crossrank_score_cache_hits_total"
+    assert _metric(after, hits) - _metric(before, hits) == 9
+    assert _metric(after, "crossrank_score_cache_entries") >= 9
+    assert _metric(after, "crossrank_score_cache_bytes") == ENTRY_BYTES * _metric(
+        after, "crossrank_score_cache_entries"
+    )
+    assert _metric(after, "crossrank_score_cache_misses_total") >= 9
+
+
+async def test_tei_truncate_false_refuses_cached_texts_too(client: httpx.AsyncClient) -> None:
+    passes = client.app.state.metrics.forward_passes.labels("tiny")  # type: ignore[attr-defined]
+    texts = ["fits", "too long " * 400, "", "also fits"]
+    ok = await client.post("/rerank", json={"query": "cached refusal", "texts": texts})
+    assert ok.status_code == 200
+    before = passes._value.get()
+    strict = {"query": "cached refusal", "texts": texts, "truncate": False}
+    reason = _error(await client.post("/rerank", json=strict), 413, "payload_too_large")
+    assert "1 of the 4 texts" in reason and passes._value.get() == before
+
+
+async def test_models_share_one_score_cache_whose_size_is_an_option(tiny_model_dir: Path) -> None:
+    two = load_backends(
+        settings(tiny_model_dir, models={"a": str(tiny_model_dir), "b": str(tiny_model_dir)})
+    )
+    cache = two["a"].score_cache
+    assert cache is not None and cache is two["b"].score_cache
+    assert cache.max_bytes == RerankConfig().score_cache_bytes
+    # the same pairs on two models: entries of their own
+    two["a"].scorer.score([ScoreRequest("q", ["shared"])])
+    two["b"].scorer.score([ScoreRequest("q", ["shared"])])
+    assert cache.stats()[:3] == (0, 2, 2)
+    off = parse_args(["--model", str(tiny_model_dir), "--score-cache-bytes", "0"])
+    assert off.rerank.score_cache_bytes == 0
+    assert load_backends(off)[str(tiny_model_dir)].score_cache is None
+    sized = parse_args(["--model", "m", "--score-cache-bytes", "1000"])
+    assert sized.model_config_for("m").score_cache_bytes == 1000

@@ -17,6 +17,8 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal, Union, get_args, get_origin
 
+from crossrank.reranker.errors import CrossrankError
+
 if TYPE_CHECKING:
     from pydantic import BaseModel
 
@@ -137,7 +139,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"crossrank: unknown command {name!r}\n\n{_usage()}", file=sys.stderr)
         return 2
     module = importlib.import_module(COMMANDS[name][0])
-    result: int = module.main(rest)
+    try:
+        result: int = module.main(rest)
+    except CrossrankError as exc:  # what went wrong, in one line: never a traceback
+        print(f"crossrank {name}: {exc}", file=sys.stderr)
+        return 1
     return result
 
 

@@ -160,6 +160,7 @@ def running_proxy(
     args = [
         "--upstream", upstream, "--model", model, "--fields", "title,text",
         "--window", str(window), "--rerank-json", json.dumps(rerank),
+        "--latency-budget-ms", "600000",  # a CPU may score slower than the 1 s default budget
     ]  # fmt: skip
     proxy = CrossrankProcess("proxy", args, health="/_crossrank/ready")
     ok = False

@@ -36,6 +36,8 @@ SERVICE_OPTIONS = tuple(
         "max_documents",
         "max_body_bytes",
         "retry_after",
+        "max_queue_wait_ms",
+        "threads",
     )
 )
 
@@ -51,6 +53,7 @@ MODEL_OPTIONS = (
     SettingOption("max_passages", "passages scored per document at most"),
     SettingOption("cache_size", "documents whose tokens are cached"),
     SettingOption("cache_bytes", "bytes the token cache holds at most"),
+    SettingOption("score_cache_bytes", "bytes the score cache (all models) holds; 0: off"),
 )
 
 _SEARCH_SIDE = "how hits become pairs and are ordered: the client's (proxy, wrappers)"
@@ -145,6 +148,10 @@ def main(argv: Sequence[str]) -> int:
 
     level = getattr(logging, str(parser().parse_known_args(argv)[0].log_level).upper(), 20)
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if settings.threads is not None:
+        import torch
+
+        torch.set_num_threads(settings.threads)
     try:
         app = create_app(settings)
     except CrossrankError as exc:  # a model that cannot be loaded: one line, no traceback

@@ -32,10 +32,10 @@ from crossrank.adapters.proxy.forward import (
     Upstream,
     client_headers,
     header,
-    relay_raw,
+    relay,
     response_headers,
 )
-from crossrank.adapters.proxy.metrics import ProxyMetrics, Timer, log_event
+from crossrank.adapters.proxy.metrics import ProxyMetrics, Timer, log_event, logger
 from crossrank.adapters.proxy.routing import OWN_PREFIX, PROBES, Route, match_route
 from crossrank.adapters.proxy.scorers import ScorerFactory, Scorers, load_factory
 from crossrank.adapters.proxy.search import Incoming, Outgoing, SearchHandler
@@ -86,15 +86,19 @@ class ProxyApp:
         scorer_factory: ScorerFactory | None = None,
     ) -> None:
         self.settings = settings
-        self.upstream = Upstream(settings, transport)
         self.scorers = Scorers(scorer_factory or load_factory(settings.scorer_factory))
-        self.metrics = ProxyMetrics(self.scorers.cache_hits)
+        self.metrics = ProxyMetrics(self.scorers.cache_hits, self.scorers.score_cache_counts)
+        self.upstream = Upstream(settings, transport, on_failure=self._node_failed)
         self.resolver = ConfigResolver(
             settings.rerank, settings.rule_configs(), settings.allowed_models()
         )
         self.search = SearchHandler(
             settings, self.upstream, self.resolver, self.scorers, self.metrics
         )
+
+    def _node_failed(self, node: str, error: str) -> None:
+        self.metrics.upstream_failures.labels(node, error).inc()
+        log_event("upstream node failed", logging.WARNING, node=node, error=error)
 
     def configured(self) -> list[RerankConfig]:
         """The scorer configurations this proxy is set up to rerank with."""
@@ -125,9 +129,12 @@ class ProxyApp:
         while True:
             message = await receive()
             if message["type"] == "lifespan.startup":
+                if self.settings.sniff_on_start:
+                    added = await self.upstream.sniff()
+                    log_event("sniffed upstream nodes", added=added)
                 if self.settings.preload:
                     await self.scorers.preload(self.configured())
-                log_event("proxy ready", upstream=self.settings.upstream)
+                log_event("proxy ready", upstream=list(self.settings.upstream))
                 await send({"type": "lifespan.startup.complete"})
             elif message["type"] == "lifespan.shutdown":
                 await self.upstream.aclose()
@@ -186,7 +193,7 @@ class ProxyApp:
         A small JSON body (``check_forward_bytes``) is read first and refused when nested
         deeper than ``max_json_depth``: the engines crash on deep bool queries.
         """
-        url = self.upstream.url(raw_path, query)
+        target = self.upstream.target(raw_path, query)
         chunked = header(headers, b"transfer-encoding") is not None
         content: bytes | AsyncIterator[bytes] | None = None
         if chunked or length not in (None, b"0"):
@@ -196,10 +203,15 @@ class ProxyApp:
                     content = await self._read(receive)
                     _check_depth(content, self.settings.max_json_depth)
         response = await self.upstream.send(
-            method, url, client_headers(headers), content, stream=True
+            method,
+            target,
+            client_headers(headers),
+            content,
+            stream=True,
+            retry=method in ("GET", "HEAD"),
         )
         return Outgoing(
-            response.status_code, response_headers(response, raw=True), relay_raw(response)
+            response.status_code, response_headers(response, raw=True), await relay(response)
         )
 
     async def _own(self, method: str, name: str) -> Outgoing:
@@ -231,13 +243,20 @@ class ProxyApp:
         )
 
     async def _ready(self) -> Outgoing:
-        """Ready when the upstream answers and every configured model can score."""
+        """Ready when the upstream answers and every configured model can score; the
+        upstream nodes by state (a node is dead from its failure to its next answer)."""
         try:
             status = await self.upstream.ping()
         except ProxyError as exc:
-            return _json_response(503, {"status": "unavailable", "reason": exc.reason})
+            down = {"status": "unavailable", "reason": exc.reason}
+            return _json_response(503, {**down, "nodes": self.upstream.pool.status()})
         models = await self.scorers.readiness(self.configured())
-        body: dict[str, Any] = {"status": "ready", "upstream_status": status, "models": models}
+        body: dict[str, Any] = {
+            "status": "ready",
+            "upstream_status": status,
+            "nodes": self.upstream.pool.status(),
+            "models": models,
+        }
         if models["failed"] or models["loading"]:
             body["status"] = "unavailable"
             body["reason"] = (
@@ -255,7 +274,10 @@ def _is_json(headers: Headers) -> bool:
 
 def _check_depth(data: bytes, limit: int) -> None:
     """400 for a JSON body nested deeper than ``limit``; anything unparsable is the engine's
-    to judge (the engines accept some lenient JSON)."""
+    to judge (the engines accept some lenient JSON). A body with no more brackets than
+    ``limit`` in all cannot nest deeper, and is not parsed."""
+    if data.count(b"{") + data.count(b"[") <= limit:
+        return
     try:
         loads(data, max_depth=limit)
     except MalformedInputError as exc:
@@ -343,14 +365,15 @@ class AccessLog:
             info = {k: v for k, v in scope.get("crossrank", {}).items() if k != "_route"}
             route = info.get("route", "unknown")
             self.metrics.requests.labels(route, str(status)).inc()
-            log_event(
-                "request",
-                method=scope["method"],
-                path=target_of(scope)[:200],
-                status=status,
-                ms=round(timer.seconds * 1000, 2),
-                **info,
-            )
+            if logger.isEnabledFor(logging.INFO):
+                log_event(
+                    "request",
+                    method=scope["method"],
+                    path=target_of(scope)[:200],
+                    status=status,
+                    ms=round(timer.seconds * 1000, 2),
+                    **info,
+                )
 
 
 def create_app(

@@ -248,6 +248,22 @@ def _is_stream(content: object) -> bool:
     return content is not None and not isinstance(content, bytes)
 
 
+#: Answers up to this long (by their Content-Length) are read whole and sent in one piece.
+_WHOLE_BYTES = 64 * 1024
+
+
+async def relay(response: httpx.Response) -> bytes | AsyncIterator[bytes]:
+    """The upstream body as received (still compressed), for the client: read whole when it
+    is short (one write to the client, not a stream), else streamed; closed either way."""
+    length = response.headers.get("content-length", "")
+    if length.isdigit() and int(length) <= _WHOLE_BYTES:
+        try:
+            return b"".join([chunk async for chunk in response.aiter_raw()])
+        finally:
+            await response.aclose()
+    return relay_raw(response)
+
+
 async def relay_raw(response: httpx.Response) -> AsyncIterator[bytes]:
     """The upstream body as received (still compressed), closing the response at the end."""
     try:

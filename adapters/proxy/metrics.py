@@ -31,10 +31,33 @@ class _CacheHits(Collector):
         )
 
 
-class ProxyMetrics:
-    """Requests, reranked hits, stage latencies (engine, scoring, total), fallbacks."""
+class _ScoreCache(Collector):
+    def __init__(self, read: Callable[[], tuple[int, int]]) -> None:
+        self.read = read
 
-    def __init__(self, cache_hits: Callable[[], int] = lambda: 0) -> None:
+    def collect(self) -> Iterator[CounterMetricFamily]:
+        hits, misses = self.read()
+        yield CounterMetricFamily(
+            "crossrank_proxy_score_cache_hits",
+            "Pairs whose score came from the score cache of the proxy's local scorers.",
+            value=hits,
+        )
+        yield CounterMetricFamily(
+            "crossrank_proxy_score_cache_misses",
+            "Pairs looked up in the score cache of the proxy's local scorers and not found.",
+            value=misses,
+        )
+
+
+class ProxyMetrics:
+    """Requests, reranked hits, stage latencies (engine, scoring, total), fallbacks, upstream
+    node failures."""
+
+    def __init__(
+        self,
+        cache_hits: Callable[[], int] = lambda: 0,
+        score_cache: Callable[[], tuple[int, int]] = lambda: (0, 0),
+    ) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         self.requests = Counter(
             "crossrank_proxy_requests",
@@ -57,7 +80,14 @@ class ProxyMetrics:
             buckets=_BUCKETS,
             registry=self.registry,
         )
+        self.upstream_failures = Counter(
+            "crossrank_proxy_upstream_failures",
+            "Upstream node failures (connect errors, broken connections) by node and error.",
+            ["node", "error"],
+            registry=self.registry,
+        )
         self.registry.register(_CacheHits(cache_hits))
+        self.registry.register(_ScoreCache(score_cache))
 
     def render(self) -> bytes:
         """The text exposition format."""

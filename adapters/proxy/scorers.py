@@ -23,6 +23,7 @@ from crossrank.adapters.proxy.settings import scorer_key
 from crossrank.reranker.config import RerankConfig
 from crossrank.reranker.errors import ConfigurationError, ScorerError, ScorerTimeoutError
 from crossrank.reranker.loader import ScorerLoader
+from crossrank.reranker.score_cache import ScoreCache
 from crossrank.reranker.scoring import Scorer, ScoreRequest, ScoreResult, make_scorer
 
 __all__ = ["BudgetScorer", "ScorerFactory", "Scorers", "load_factory"]
@@ -124,6 +125,13 @@ class Scorers:
         """Document-cache hits summed over the loaded scorers that keep a cache."""
         hits = (getattr(getattr(s, "encoder", None), "cache_hits", 0) for s in self.loaded())
         return sum(h for h in hits if isinstance(h, int))
+
+    def score_cache_counts(self) -> tuple[int, int]:
+        """Score-cache hits and misses summed over the loaded scorers' distinct caches."""
+        found = (getattr(s, "score_cache", None) for s in self.loaded())
+        caches = {id(c): c for c in found if isinstance(c, ScoreCache)}
+        stats = [c.stats() for c in caches.values()]
+        return sum(s.hits for s in stats), sum(s.misses for s in stats)
 
 
 class BudgetScorer:

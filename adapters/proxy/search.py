@@ -35,7 +35,7 @@ from crossrank.adapters.proxy.forward import (
     Upstream,
     client_headers,
     header,
-    relay_raw,
+    relay,
     response_headers,
 )
 from crossrank.adapters.proxy.metrics import ProxyMetrics, Timer
@@ -222,7 +222,7 @@ class SearchHandler:
         if not self._rerankable(req, params):
             exchange = _Exchange(self.upstream, req, pairs, req.raw_body, req.query, self.metrics)
             await exchange(EngineCall(None, original=True))
-            return self._relay(exchange)
+            return await self._relay(exchange)
         timer = Timer()
         if route.kind == "msearch":
             out = await self._msearch(req, route, pairs, params)
@@ -239,7 +239,7 @@ class SearchHandler:
         if not self.resolver.for_indices(route.indices).enabled and _plain(req.body, depth):
             exchange = _Exchange(self.upstream, req, pairs, req.raw_body, req.query, self.metrics)
             await exchange(EngineCall(None, original=True))
-            return self._relay(exchange)
+            return await self._relay(exchange)
         body = None
         if req.body.strip():
             body = await _off_loop(req.body, lambda data: loads(data, max_depth=depth))
@@ -260,7 +260,7 @@ class SearchHandler:
         except _Reply as reply:
             return self._reply(reply.response)
         if out is PASSTHROUGH:
-            return self._relay(exchange)
+            return await self._relay(exchange)
         return await self._rewritten(out, [out], exchange, params)
 
     async def _msearch(
@@ -299,7 +299,7 @@ class SearchHandler:
         except _Reply as reply:
             return self._reply(reply.response)
         if out is PASSTHROUGH:
-            return self._relay(exchange)
+            return await self._relay(exchange)
         return await self._rewritten(out, out.get("responses", []), exchange, params)
 
     async def _rewritten(
@@ -340,7 +340,7 @@ class SearchHandler:
         return Outgoing(response.status_code, headers, response.content)
 
     @staticmethod
-    def _relay(exchange: _Exchange) -> Outgoing:
+    async def _relay(exchange: _Exchange) -> Outgoing:
         raw = exchange.raw
         assert raw is not None
-        return Outgoing(raw.status_code, response_headers(raw, raw=True), relay_raw(raw))
+        return Outgoing(raw.status_code, response_headers(raw, raw=True), await relay(raw))

@@ -44,7 +44,7 @@ import sys
 import threading
 from collections import OrderedDict
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import numpy as np
@@ -171,6 +171,8 @@ class EncodedPairs:
     truncated: list[int]  # per request
     split: list[int]  # per request
     query_truncated: list[bool]  # per request
+    #: per document, in request then document order: (truncated, split)
+    doc_flags: list[tuple[bool, bool]] = field(default_factory=list)
 
 
 class PairEncoder:
@@ -353,6 +355,7 @@ class PairEncoder:
                 pieces, dropped = self._windows(doc[:d_cap] if capped else doc, budget)
                 truncated += dropped or capped
                 split += len(pieces) > 1
+                enc.doc_flags.append((bool(dropped or capped), len(pieces) > 1))
                 for piece in pieces:
                     ids, types = self.template.assemble(q_ids, piece)
                     enc.input_ids.append(ids)

@@ -14,7 +14,14 @@ from typing import Any
 from crossrank.reranker.config import RerankConfig
 from crossrank.reranker.errors import ModelLoadError
 
-__all__ = ["LoadedModel", "load_model", "pick_device", "pick_dtype"]
+__all__ = [
+    "LoadedModel",
+    "head_modules",
+    "load_model",
+    "pick_device",
+    "pick_dtype",
+    "run_head_in_fp32",
+]
 
 # Models whose position ids start after the padding index (RoBERTa family).
 _POSITION_OFFSET_MODELS = {"roberta", "xlm-roberta", "camembert", "xlm-roberta-xl", "longformer"}
@@ -64,6 +71,51 @@ def pick_dtype(device: str, requested: str = "auto") -> Any:
     return torch.bfloat16 if cpu_has_fast_bf16() else torch.float32
 
 
+def head_modules(model: Any) -> list[Any]:
+    """The scoring head of a sequence-classification model: every top-level module but the
+    encoder (BERT's dropout + ``classifier``, RoBERTa's ``classifier``, DeBERTa's ``pooler`` +
+    ``classifier``, ModernBERT's ``head`` + ``classifier``, DistilBERT's ``pre_classifier`` +
+    ``classifier``), plus the encoder's own ``pooler`` where it has one (BERT). Empty when
+    the encoder is not found under ``base_model_prefix``."""
+    base = getattr(model, getattr(model, "base_model_prefix", ""), None)
+    if base is None:  # no encoder found by its prefix: no head told apart either
+        return []
+    heads = [m for m in model.children() if m is not base]
+    pooler = getattr(base, "pooler", None)
+    if pooler is not None and pooler not in heads:
+        heads.insert(0, pooler)
+    return heads
+
+
+def _to_fp32(value: Any) -> Any:
+    import torch
+
+    if isinstance(value, torch.Tensor) and value.is_floating_point():
+        return value.float()
+    if isinstance(value, tuple):
+        return tuple(_to_fp32(v) for v in value)
+    return value
+
+
+def _fp32_inputs(_module: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    return _to_fp32(args), {k: _to_fp32(v) for k, v in kwargs.items()}
+
+
+def run_head_in_fp32(model: Any) -> list[Any]:
+    """Keep the scoring head in float32 when the encoder runs in bf16/fp16.
+
+    The head's weights are cast to float32 and a forward pre-hook casts its (bf16) inputs,
+    so the logits come from fp32 arithmetic: the encoder's speed, the score's resolution.
+    A bf16 head gives logits with 8 significant bits (steps of 1/32 around 5), so distinct
+    documents tie (seen: two of one top 10 at exactly 5.25). Returns the head modules.
+    """
+    heads = head_modules(model)
+    for module in heads:
+        module.float()
+        module.register_forward_pre_hook(_fp32_inputs, with_kwargs=True)
+    return heads
+
+
 @dataclass
 class LoadedModel:
     """A cross-encoder ready to run: model on its device and dtype, tokenizer, limits."""
@@ -99,7 +151,9 @@ def load_model(config: RerankConfig) -> LoadedModel:
     by ``crossrank train`` as ``crossrank_max_length`` in its config), else the model's limit.
     ``max_query_tokens``: ``config.max_query_tokens`` when set explicitly, else the query cap
     the model was trained with (``crossrank_max_query_tokens``), else the default.
+    In bf16/fp16 the encoder runs in that dtype and the head in float32 (:func:`run_head_in_fp32`).
     """
+    import torch
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     try:
@@ -120,9 +174,12 @@ def load_model(config: RerankConfig) -> LoadedModel:
     limit = _max_length(tokenizer, model)
     max_length = config.max_length or (trained if isinstance(trained, int) else None) or limit
     pad = tokenizer.pad_token_id
+    model = model.to(device=device, dtype=dtype).eval()
+    if dtype != torch.float32:
+        run_head_in_fp32(model)
     return LoadedModel(
         tokenizer=tokenizer,
-        model=model.to(device=device, dtype=dtype).eval(),
+        model=model,
         device=device,
         dtype=dtype,
         num_labels=labels,

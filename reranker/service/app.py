@@ -26,6 +26,7 @@ from crossrank.reranker.errors import (
     PayloadTooLargeError,
     UnauthorizedError,
 )
+from crossrank.reranker.score_cache import ScoreCache
 from crossrank.reranker.service.backend import ModelBackend
 from crossrank.reranker.service.batcher import Batcher
 from crossrank.reranker.service.metrics import CONTENT_TYPE, ServiceMetrics
@@ -36,7 +37,9 @@ from crossrank.reranker.service.protocol import (
     parse_cohere,
     parse_rerank,
 )
+from crossrank.reranker.service.queue import REQUEST_DEADLINE, parse_deadline
 from crossrank.reranker.service.settings import ServeSettings
+from crossrank.reranker.wire import DEADLINE_HEADER
 
 __all__ = ["create_app", "load_backends"]
 
@@ -45,19 +48,22 @@ T = TypeVar("T")
 Parse = Callable[[Any, Limits], Job]
 
 
-def _load(name: str, settings: ServeSettings) -> ModelBackend:
+def _load(name: str, settings: ServeSettings, cache: ScoreCache | None) -> ModelBackend:
     try:
-        return ModelBackend(name, settings.model_config_for(name))
+        return ModelBackend(name, settings.model_config_for(name), cache)
     except Exception as exc:
         raise ModelLoadError(f"cannot load model {name!r}: {exc}") from exc
 
 
 def load_backends(settings: ServeSettings) -> dict[str, ModelBackend]:
-    """Load every model of ``settings`` (blocking).
+    """Load every model of ``settings`` (blocking), sharing one score cache of
+    ``settings.rerank.score_cache_bytes`` (0: none) between them.
 
     Any failure raises ``ModelLoadError`` ("cannot load model 'NAME': …"), the cause chained.
     """
-    return {name: _load(name, settings) for name in settings.models}
+    size = settings.rerank.score_cache_bytes
+    cache = ScoreCache(size) if size > 0 else None
+    return {name: _load(name, settings, cache) for name in settings.models}
 
 
 async def _read_json(request: Request, limit: int) -> Any:
@@ -105,7 +111,8 @@ class _Service:
     def __init__(self, settings: ServeSettings, models: Mapping[str, ModelBackend]) -> None:
         self.settings, self.models = settings, dict(models)
         self.limits = Limits.of(settings)
-        self.metrics = ServiceMetrics()
+        caches = {id(c): c for b in self.models.values() if (c := b.score_cache) is not None}
+        self.metrics = ServiceMetrics(score_caches=list(caches.values()))
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="crossrank-forward")
         self.batchers = {
             name: Batcher(
@@ -116,6 +123,9 @@ class _Service:
                 batch_tokens=settings.batch_tokens,
                 max_wait=settings.max_wait_ms / 1000,
                 retry_after=settings.retry_after,
+                max_queue_wait=(
+                    settings.max_queue_wait_ms / 1000 if settings.max_queue_wait_ms else None
+                ),
             )
             for name, backend in self.models.items()
         }
@@ -156,6 +166,7 @@ class _Service:
                 raise InvalidRequestError(
                     f"unknown model {name!r}; served: {sorted(self.batchers)}"
                 )
+            REQUEST_DEADLINE.set(parse_deadline(request.headers.get(DEADLINE_HEADER)))
             work = self.batchers[name].score(job.requests, job.check)
             results = await _unless_disconnected(request, work)
             return JSONResponse(job.render(results, name))

@@ -1,4 +1,5 @@
-"""The model behind the service: LocalScorer's encoder (doc-id cache), padding and forward."""
+"""The model behind the service: LocalScorer's score cache and encoder (doc-id cache),
+padding and forward."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import numpy as np
 from crossrank.reranker.config import RerankConfig
 from crossrank.reranker.local import LocalScorer, PaddedBatch
 from crossrank.reranker.local.encoding import EncodedPairs
+from crossrank.reranker.score_cache import ScoreCache
 from crossrank.reranker.scoring import ScoreRequest, ScoreResult
 from crossrank.reranker.service.queue import Row
 
@@ -17,15 +19,27 @@ __all__ = ["ModelBackend"]
 
 
 class ModelBackend:
-    """One served model: ``encode`` (any thread), ``pad`` (cheap), ``forward`` (one thread)."""
+    """One served model: ``encode`` (any thread), ``pad`` (cheap), ``forward`` (one thread).
 
-    def __init__(self, name: str, config: RerankConfig) -> None:
+    ``score_cache``: the service's score cache, shared by its models (None: the model's own,
+    of ``config.score_cache_bytes``).
+    """
+
+    def __init__(
+        self, name: str, config: RerankConfig, score_cache: ScoreCache | None = None
+    ) -> None:
         self.name = name
-        self.scorer = LocalScorer(config)
+        self.scorer = LocalScorer(config, score_cache=score_cache)
+
+    @property
+    def score_cache(self) -> ScoreCache | None:
+        """The score cache this model reads and fills (None: none)."""
+        return self.scorer.score_cache
 
     def encode(self, requests: Sequence[ScoreRequest]) -> EncodedPairs:
-        """Tokenize the pairs of ``requests`` (documents from the cache where possible)."""
-        return self.scorer.encode(requests)
+        """The pairs of ``requests`` the score cache misses, tokenized (documents from the
+        token cache where possible); ``collect`` fills in the cached scores."""
+        return self.scorer.encode_misses(requests)
 
     def pad(self, rows: Sequence[Row]) -> PaddedBatch:
         """The padded model inputs of a batch."""
@@ -38,7 +52,8 @@ class ModelBackend:
     def collect(
         self, enc: EncodedPairs, requests: Sequence[ScoreRequest], row_scores: np.ndarray
     ) -> list[ScoreResult]:
-        """Per-request results (max over passages); raises ``ScorerError`` on NaN/inf."""
+        """Per-request results (max over passages, cached scores filled in, new ones
+        cached); raises ``ScorerError`` on NaN/inf (nothing is cached then)."""
         results = self.scorer.collect(enc, requests, row_scores)
         for result in results:
             result.model = self.name

@@ -39,12 +39,13 @@ class Batcher:
         batch_tokens: int,
         max_wait: float,
         retry_after: float = 1.0,
+        max_queue_wait: float | None = None,
     ) -> None:
         self.backend = backend
         self.metrics = metrics
         self.executor = executor
         self.max_wait = max_wait
-        self.queue = PairQueue(max_pairs, batch_tokens, retry_after)
+        self.queue = PairQueue(max_pairs, batch_tokens, retry_after, max_queue_wait=max_queue_wait)
         self._task: asyncio.Task[None] | None = None
         self._running: asyncio.Task[None] | None = None
 

@@ -112,7 +112,7 @@ def refuse_truncation(encoded: EncodedPairs, model: Mapping[str, Any]) -> None:
         )
     cut = sum(encoded.truncated)
     if cut:
-        texts = len(set(encoded.owner))
+        texts = len(encoded.doc_flags)  # every text, those found in the score cache too
         raise PayloadTooLargeError(
             f"{cut} of the {texts} texts do not fit in the model's {model['max_length']} tokens "
             "together with the query, and 'truncate' is false; send truncate=true or shorter "

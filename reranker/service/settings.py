@@ -48,6 +48,15 @@ class ServeSettings(BaseModel):
     #: bearer token required on the scoring endpoints (none: open)
     api_key: str | None = Field(None, repr=False)
     retry_after: float = Field(1.0, ge=0, description="seconds a 429 asks the client to wait")
+    max_queue_wait_ms: float | None = Field(
+        None,
+        gt=0,
+        description="a request expected to wait longer than this in the queue gets 429 at once "
+        "(a client's x-crossrank-deadline-ms header can ask for less)",
+    )
+    threads: int | None = Field(
+        None, ge=1, description="CPU threads of the model's forward pass (default: torch's own)"
+    )
 
     @model_validator(mode="after")
     def _check(self) -> ServeSettings:
