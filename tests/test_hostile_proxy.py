@@ -462,3 +462,14 @@ class _lifespan:
     async def __aexit__(self, *exc: object) -> None:
         self.stop.set()
         await self.task
+
+
+def test_the_bracket_count_only_spares_bodies_that_cannot_be_too_deep() -> None:
+    from crossrank.reranker.jsonio import loads, surely_within
+
+    deep = b"[" * 6 + b"]" * 6
+    assert not surely_within(deep, 5) and surely_within(deep, 6)
+    wide = b"[" + b",".join([b"[1]"] * 10) + b"]"  # 11 brackets, 2 deep: parsed, and fine
+    assert not surely_within(wide, 5) and loads(wide, max_depth=5)
+    in_strings = b'{"a": "[[[[[[[["}'  # brackets in strings only raise the count
+    assert not surely_within(in_strings, 5) and loads(in_strings, max_depth=5)

@@ -42,7 +42,7 @@ from crossrank.adapters.proxy.search import Incoming, Outgoing, SearchHandler
 from crossrank.adapters.proxy.settings import ProxySettings
 from crossrank.reranker.config import RerankConfig
 from crossrank.reranker.errors import CrossrankError, MalformedInputError
-from crossrank.reranker.jsonio import dumps, loads
+from crossrank.reranker.jsonio import dumps, loads, surely_within
 
 __all__ = ["AccessLog", "ProxyApp", "TokenGuard", "create_app"]
 
@@ -276,7 +276,7 @@ def _check_depth(data: bytes, limit: int) -> None:
     """400 for a JSON body nested deeper than ``limit``; anything unparsable is the engine's
     to judge (the engines accept some lenient JSON). A body with no more brackets than
     ``limit`` in all cannot nest deeper, and is not parsed."""
-    if data.count(b"{") + data.count(b"[") <= limit:
+    if surely_within(data, limit):
         return
     try:
         loads(data, max_depth=limit)

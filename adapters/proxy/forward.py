@@ -98,7 +98,6 @@ class Upstream:
         self.pool = UpstreamPool(
             settings.upstream, backoff=settings.dead_backoff, max_backoff=settings.max_dead_backoff
         )
-        self._probe = UpstreamNode(self.pool.seeds[0])  # checks targets; never sent to
         self._auth = settings.upstream_auth.encode() if settings.upstream_auth else None
         self._timeout = {
             "connect": settings.connect_timeout,
@@ -116,13 +115,13 @@ class Upstream:
         self._sniffing: asyncio.Task[list[str]] | None = None
         self._last_sniff = -math.inf
 
-    def target(self, raw_path: str, query: bytes | str = b"") -> bytes:
-        """The request target of a (checked, origin-form) path, refused (400) when it could
-        not form a URL; the node's scheme, host and port are always added by :meth:`url`."""
+    @staticmethod
+    def target(raw_path: str, query: bytes | str = b"") -> bytes:
+        """The request target of a (checked, origin-form) path and its query; the node's
+        scheme, host and port are added by :meth:`url` (which refuses a target that cannot
+        form a URL: 400, before anything is sent)."""
         query = query.encode("latin-1") if isinstance(query, str) else query
-        target = raw_path.encode("latin-1") + (b"?" + query if query else b"")
-        self.url(self._probe, target)
-        return target
+        return raw_path.encode("latin-1") + (b"?" + query if query else b"")
 
     @staticmethod
     def url(node: UpstreamNode, target: bytes) -> httpx.URL:
@@ -153,7 +152,7 @@ class Upstream:
         """
         if self._auth is not None and header(headers, b"authorization") is None:
             headers = [*headers, (b"authorization", self._auth)]
-        attempts = 1 + min(self.settings.max_retries, max(0, len(self.pool.nodes()) - 1))
+        attempts = 1 + min(self.settings.max_retries, self.pool.size - 1)
         for attempt in range(attempts):
             node = self.pool.get()
             request = httpx.Request(

@@ -77,6 +77,11 @@ class UpstreamPool:
         if self._dead_since.pop(node.config, None) is not None:
             self._pool.mark_live(node)
 
+    @property
+    def size(self) -> int:
+        """How many nodes the pool holds (seeds and sniffed), live or dead."""
+        return len(self._members)
+
     def nodes(self) -> list[UpstreamNode]:
         """Every node in the pool (seeds first), live or dead."""
         found = [n for n in self._pool.all() if n.config in self._members]

@@ -44,7 +44,7 @@ from crossrank.adapters.proxy.scorers import BudgetScorer, Scorers
 from crossrank.adapters.proxy.settings import ProxySettings, scorer_key
 from crossrank.reranker.config import RerankConfig
 from crossrank.reranker.errors import MalformedInputError, RerankOptionsError
-from crossrank.reranker.jsonio import dumps, dumps_lines, loads
+from crossrank.reranker.jsonio import dumps, dumps_lines, loads, surely_within
 
 __all__ = ["Incoming", "Outgoing", "SearchHandler"]
 
@@ -106,7 +106,7 @@ def _plain(body: bytes, depth: int) -> bool:
         b'"ext"' not in body
         and b'"retriever"' not in body
         and b"\\u" not in body
-        and body.count(b"{") + body.count(b"[") <= depth
+        and surely_within(body, depth)
     )
 
 
