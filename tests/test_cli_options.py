@@ -12,7 +12,7 @@ from pydantic import BaseModel
 
 from crossrank.adapters.cli import SettingOption, proxy, serve
 from crossrank.adapters.proxy.settings import ProxySettings
-from crossrank.reranker.config import RerankConfig
+from crossrank.reranker.config import EnsembleMember, RerankConfig
 from crossrank.reranker.service.settings import ServeSettings
 
 SECRETS = ("CROSSRANK_API_KEY", "CROSSRANK_PROXY_TOKEN", "CROSSRANK_SCORER_API_KEY",
@@ -126,6 +126,12 @@ def _value(option: SettingOption, model: type[BaseModel]) -> tuple[list[str], An
     if option.field == "upstream":  # repeated: the nodes of one cluster
         other, third = "http://other:9201", "http://third:9202"
         return [option.option, other, option.option, third], (other, third)
+    if option.field == "ensemble":  # NAME=MODEL[,key=value...] members
+        words = [option.option, "a=m1", option.option, "b=m2,kind=bi-encoder,weight=2"]
+        return words, (
+            EnsembleMember(name="a", model="m1"),
+            EnsembleMember(name="b", model="m2", kind="bi-encoder", weight=2),
+        )
     if option.repeat and action.type is int:
         return [option.option, "500", option.option, "503"], (500, 503)
     if option.repeat:

@@ -3,6 +3,8 @@ line (an eval of engine order as if reranked would be wrong without saying so)."
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -61,3 +63,27 @@ def test_the_cli_reports_package_errors_in_one_line(
     assert cli.main(["eval", "x"]) == 1
     err = capsys.readouterr().err
     assert err == "crossrank eval: query q2: reranking fell back to engine order (timed out)\n"
+
+
+def test_a_trained_model_is_evaluated_as_the_offline_default_ensemble(tmp_path: Path) -> None:
+    from crossrank.adapters.cli.evaluate import default_ensemble, parse_args
+
+    base = tmp_path / "base"
+    base.mkdir()
+    trained = tmp_path / "trained"
+    trained.mkdir()
+    (trained / "config.json").write_text(json.dumps({"crossrank_base": str(base)}))
+    ce, bi = default_ensemble(str(trained))
+    assert (ce.name, ce.model, ce.kind) == ("ce", str(trained), "auto")
+    assert (bi.name, bi.model, bi.kind) == ("bi", str(base), "bi-encoder")
+    (trained / "config.json").write_text(json.dumps({"crossrank_base": str(tmp_path / "gone")}))
+    assert default_ensemble(str(trained)) == ()  # the base is not there: the model alone
+    (trained / "config.json").write_text("{}")
+    assert default_ensemble(str(trained)) == ()  # not trained by crossrank train
+    assert default_ensemble("some/hub-name") == ()
+
+    args = parse_args(["d", "--engine-url", "u", "--member", "a=m1", "--member", "b=m2,weight=2"])
+    assert [m.name for m in args.ensemble] == ["a", "b"] and args.ensemble[1].weight == 2
+    for bad in (["--member", "a=m", "--model", "x"], ["--member", "a=m", "--proxy-url", "p"]):
+        with pytest.raises(SystemExit):
+            parse_args(["d", "--engine-url", "u", *bad])

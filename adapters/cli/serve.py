@@ -66,6 +66,9 @@ NOT_OPTIONS: dict[str, str] = {
     "rerank.sigmoid": "the service returns raw scores (clients apply sigmoid)",
     "rerank.batch_tokens": "--batch-tokens, the service's budget, applies to every model",
     "rerank.load_timeout": "the service loads its models before it listens",
+    "rerank.kind": "read from each model's own files (cross-encoder or bi-encoder)",
+    "rerank.ensemble": "clients combine the service's models (ensemble members with scorer_urls)",
+    "rerank.calibration": "each model's calibration.json, saved beside it by crossrank calibrate",
     **{
         f"rerank.{name}": "the remote scorer's client settings: the service is the scorer"
         for name in sorted(SCORER_FIELDS)

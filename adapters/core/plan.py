@@ -12,12 +12,13 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from crossrank.adapters.core.inputs import document_text, query_text_for
 from crossrank.adapters.core.source import SOURCE_PARAMS, SourceFilter, parse_source
 from crossrank.reranker.config import RerankConfig
+from crossrank.reranker.ensemble import combine, member_weights
 from crossrank.reranker.errors import RerankOptionsError
 from crossrank.reranker.scoring import ScoreRequest, ScoreResult
 
@@ -25,6 +26,7 @@ __all__ = [
     "DEFAULT_SIZE",
     "RERANK_KEY",
     "SearchPlan",
+    "calibrated_result",
     "count_param",
     "error_item",
     "fallback_response",
@@ -182,22 +184,43 @@ def _param_text(value: Any) -> str:
     return str(value)
 
 
-def _minmax(values: list[float]) -> list[float]:
-    lo, hi = min(values), max(values)
-    return [(v - lo) / (hi - lo) if hi > lo else 0.0 for v in values]
+def fuse_scores(config: RerankConfig, result: ScoreResult, engine: list[float]) -> list[float]:
+    """Final scores of a window: the model's scores (an ensemble's combined score), fused
+    with the engine's if configured.
 
-
-def fuse_scores(config: RerankConfig, ce: list[float], engine: list[float]) -> list[float]:
-    """Final scores of a window: the cross-encoder scores, fused with the engine's if configured."""
-    fusion = config.fusion
-    if fusion is None or not ce:
-        return ce
+    ``weighted``: :func:`~crossrank.reranker.ensemble.combine` of the engine's score (weight
+    ``1 - weight``) and the model's — an ensemble's members each with its share of ``weight``
+    — normalised per ``fusion.normalize``. ``rrf``: every ranking (each member, the engine)
+    counts ``1 / (rank_constant + rank)``.
+    """
+    fusion, model = config.fusion, result.scores
+    if fusion is None or not model:
+        return model
+    signals: dict[str, list[float]] = dict(result.signals) or {"model": list(model)}
+    shares = member_weights(config) if result.signals else {}
+    weights = {k: fusion.weight * shares.get(k, 1.0 / len(signals)) for k in signals}
     if fusion.method == "weighted":
-        w = fusion.weight
-        return [w * c + (1 - w) * e for c, e in zip(_minmax(ce), _minmax(engine))]
+        weights["engine"] = 1.0 - fusion.weight
+        return combine({**signals, "engine": engine}, weights, fusion.normalize)
     k = fusion.rank_constant
-    ce_rank = {i: r for r, i in enumerate(sorted(range(len(ce)), key=lambda i: -ce[i]), 1)}
-    return [1 / (k + i + 1) + 1 / (k + ce_rank[i]) for i in range(len(ce))]
+    out = [1 / (k + i + 1) for i in range(len(model))]  # the engine's own order
+    for values in signals.values():
+        ranked = sorted(range(len(values)), key=lambda i: -values[i])
+        for rank, i in enumerate(ranked, 1):
+            out[i] += 1 / (k + rank)
+    return out
+
+
+def calibrated_result(result: ScoreResult) -> ScoreResult:
+    """``result`` with its calibrated probabilities as the model's scores (an ensemble's:
+    the weighted mean of its members' probabilities, one signal); RerankOptionsError (400)
+    when the scorer has no calibration."""
+    if result.calibrated is None:
+        raise RerankOptionsError(
+            "calibrated scores were asked for, but the model has no calibration: "
+            "fit one with `crossrank calibrate`"
+        )
+    return replace(result, scores=list(result.calibrated), signals={})
 
 
 def _copy_shell(response: Mapping[str, Any]) -> dict[str, Any]:
@@ -217,11 +240,13 @@ def finish_search(
     engine's own time) are left as they are; the response gains a ``_rerank`` summary.
     """
     config = plan.config
+    if config.calibrated:
+        result = calibrated_result(result)
     out = _copy_shell(response)
     hits = list(response.get("hits", {}).get("hits", []))
     window, rest = hits[: config.window], hits[config.window :]
     engine = [float(h.get("_score") or 0.0) for h in window]
-    final = fuse_scores(config, result.scores, engine)
+    final = fuse_scores(config, result, engine)
     floor = config.min_score
     kept = [r for r in range(len(window)) if floor is None or result.scores[r] >= floor]
     order = sorted(kept, key=lambda r: (-final[r], r))
@@ -236,6 +261,8 @@ def finish_search(
                 "engine_rank": rank,
                 "score": result.scores[rank],
             }
+            if result.signals:
+                hit[RERANK_KEY]["signals"] = {k: v[rank] for k, v in result.signals.items()}
     out["hits"]["hits"] = page
     out["hits"]["max_score"] = final[order[0]] if order else None
     out[RERANK_KEY] = {

@@ -6,6 +6,7 @@ Nothing here scores; :class:`~crossrank.reranker.local.scorer.LocalScorer` gets 
 
 from __future__ import annotations
 
+import os
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,7 +43,11 @@ def pick_device(requested: str = "auto") -> str:
 
 
 def cpu_has_fast_bf16() -> bool:
-    """True on CPUs with AMX or AVX512-BF16 (where bf16 matmuls beat fp32)."""
+    """True on CPUs with AMX or AVX512-BF16 (where bf16 matmuls beat fp32), unless torch's
+    kernels are held to AVX2 or less (``ATEN_CPU_CAPABILITY=avx2`` or ``default``, as when
+    emulating an AVX2-only CPU): bf16 is then as slow as there."""
+    if os.environ.get("ATEN_CPU_CAPABILITY", "").strip().lower() in ("avx2", "default"):
+        return False
     try:
         flags = Path("/proc/cpuinfo").read_text().split()
     except OSError:

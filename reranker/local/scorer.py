@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from crossrank.reranker.calibration import Calibration, apply_calibration, load_calibration
 from crossrank.reranker.config import RerankConfig
 from crossrank.reranker.errors import ScorerError
 from crossrank.reranker.local.batching import PaddedBatch, pack, pad
@@ -60,6 +61,9 @@ class LocalScorer:
     ``config.score_cache_bytes`` bytes (0: none), or in ``score_cache`` when given (the
     scorer service shares one between its models); only the pairs it misses are tokenized
     and scored. Its counters: :meth:`cache_stats`.
+
+    A ``calibration.json`` beside the model (``crossrank calibrate``) is loaded with it:
+    every result then carries ``calibrated``, P(relevant) per document.
     """
 
     def __init__(
@@ -77,6 +81,7 @@ class LocalScorer:
         self.tokenizer, self.model = self.loaded.tokenizer, self.loaded.model
         self.device, self.dtype = self.loaded.device, self.loaded.dtype
         self.num_labels = self.loaded.num_labels
+        self.calibration: Calibration | None = load_calibration(cfg.model)
         self.encoder = PairEncoder(
             self.tokenizer,
             max_length=self.loaded.max_length,
@@ -251,7 +256,12 @@ class LocalScorer:
             scores[doc] = max(scores[doc], value)  # passages aggregate by max
         if isinstance(enc, CachedPairs):
             self._complete(enc, results)
+        for result in results:
+            result.calibrated = self._calibrated(result.scores)
         return results
+
+    def _calibrated(self, scores: list[float]) -> list[float] | None:
+        return apply_calibration(self.calibration, scores, squashed=self.config.sigmoid)
 
     def _complete(self, enc: CachedPairs, results: list[ScoreResult]) -> None:
         """Fill in the cached scores, store the fresh ones, copy repeated pairs."""
@@ -284,7 +294,9 @@ class LocalScorer:
     def score(self, requests: Sequence[ScoreRequest]) -> list[ScoreResult]:
         """Score every request's (query, document) pairs (cached scores where found)."""
         if not any(r.documents for r in requests):
-            return [ScoreResult([], model=self.name) for _ in requests]
+            return [
+                ScoreResult([], model=self.name, calibrated=self._calibrated([])) for _ in requests
+            ]
         return self.score_encoded(self.encode_misses(requests), requests)
 
     async def ascore(self, requests: Sequence[ScoreRequest]) -> list[ScoreResult]:
