@@ -32,6 +32,25 @@ def test_sentence_pseudo_queries_with_bm25_candidates(engine: Any) -> None:
     for group in groups:
         assert group.query not in group.positive  # removed from its own document
         assert 1 <= len(group.negatives) <= 30 and group.positive not in group.negatives
+        # the engine's BM25 score of every candidate, the positive's first (for the teacher)
+        assert group.engine is not None and len(group.engine) == 1 + len(group.negatives)
+        assert all(score > 0 for score in group.engine)
+    everything = engine.raw_search({"query": {"match_all": {}}, "size": 1000})["hits"]["hits"]
+    config = RerankConfig(fields=["title", "text"])
+    titles = {str(h["_source"].get("title") or "") for h in everything} - {""}
+    for group in groups:  # title groups: no candidate carries the title line the positive lost
+        assert set(group.negatives) <= _served(everything, config, group.kind)
+        if group.kind == "title":
+            firsts = {t.split("\n")[0] for t in (group.positive, *group.negatives)}
+            assert not firsts & titles
+
+
+def _served(hits: list[dict[str, Any]], config: RerankConfig, kind: str) -> set[str]:
+    """The texts serving builds for ``hits`` (in a ``title`` group: without their title)."""
+    if kind == "title":
+        hits = [{**h, "_source": {k: v for k, v in h["_source"].items() if k != "title"}}
+                for h in hits]  # fmt: skip
+    return {document_text(h, config).text for h in hits}
 
 
 def test_default_recipe_trains_a_loadable_cross_encoder(
@@ -48,6 +67,9 @@ def test_default_recipe_trains_a_loadable_cross_encoder(
     assert len(result.scores) == 2
     assert scorer.describe()["max_length"] == meta["max_length"] == 128  # its training length
     assert meta["document_text"]["fields"] == ["title", "text"]
+    assert meta["temperature"] == 0.4  # the bi-encoder + BM25 teacher's
+    config = json.loads((out / "config.json").read_text())
+    assert config["crossrank_base"] == str(tiny_model_dir.resolve())  # for the ensemble
 
 
 TEMPLATE = "{meta.words}: {title}\n{text}"
@@ -72,8 +94,7 @@ def test_training_text_and_tokens_are_the_served_ones(
         skip_top=0, limit=4, seed=0, kinds=("title", "sentence"), depth=30, config=config,
     )  # fmt: skip
     everything = engine.raw_search({"query": {"match_all": {}}, "size": 1000})["hits"]["hits"]
-    served = {document_text(hit, config).text for hit in everything}
-    assert all(set(g.negatives) <= served for g in groups)
+    assert all(set(g.negatives) <= _served(everything, config, g.kind) for g in groups)
     assert any(":" in t.split("\n")[0] for g in groups for t in g.negatives)  # meta.words
     scorer = LocalScorer(config)
     assert scorer.describe()["max_length"] == 64

@@ -3,15 +3,24 @@
 from __future__ import annotations
 
 import random
+from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from crossrank.adapters.cli.train import parser, settings_for, text_config_for
 from crossrank.adapters.training.loop import TrainGroup
-from crossrank.adapters.training.mining import pseudo_queries, sentences, text_config
-from crossrank.adapters.training.teacher import label_groups
+from crossrank.adapters.training.mining import (
+    engine_score,
+    pseudo_queries,
+    self_supervised_groups,
+    sentences,
+    text_config,
+)
+from crossrank.adapters.training.teacher import label_groups, teacher_scores
 from crossrank.reranker import RerankConfig
+from crossrank.reranker.ensemble import combine
 
 TEXT = (
     "flow over a wing . the lift of a thin wing in a slipstream was measured at several "
@@ -74,7 +83,10 @@ def test_settings_follow_the_mode_and_the_training_defaults() -> None:
     assert (args.kinds, args.candidates) == ("title,sentence", 30)
     own = settings_for(args)  # self-supervised: distillation, fitted head, the defaults
     assert (own.loss, own.head_init) == ("distill", "fit")
-    assert (own.steps, own.max_length, own.learning_rate) == (1000, 128, 1e-4)
+    assert (own.steps, own.max_length, own.learning_rate) == (150, 128, 1e-4)
+    assert own.temperature == 0.4  # the bi-encoder + BM25 teacher's scale
+    cosine = settings_for(parser().parse_args([*required, "--teacher-bm25-weight", "0"]))
+    assert cosine.temperature == 0.05  # the cosine alone: its own
     judged = settings_for(parser().parse_args([*required, "--qrels", "q", "--steps", "9"]))
     assert (judged.loss, judged.head_init, judged.steps) == ("listwise", "random", 9)
     with pytest.raises(SystemExit):  # a Literal setting keeps its choices on the command line
@@ -99,11 +111,133 @@ def test_document_text_options_are_the_proxy_s() -> None:
     assert templated.template == "{a}: {b}"
 
 
-def test_teacher_is_the_base_cosine(tiny_model_dir: Path) -> None:
+def test_teacher_is_the_base_cosine(tmp_path: Path) -> None:
+    from .test_bi_encoder import build_bi_encoder
+
+    base = build_bi_encoder(tmp_path / "bi")  # sentence-transformers files: normalised
     groups = [TrainGroup("heat transfer", "heat transfer", ("shock waves", "heat transfer"))]
-    (labelled,) = label_groups(groups, str(tiny_model_dir), device="cpu", progress=False)
+    (labelled,) = label_groups(groups, str(base), device="cpu", progress=False)
     assert labelled.teacher is not None and len(labelled.teacher) == 3
     # identical texts embed identically: cosine 1, and the same text scores the same
     assert labelled.teacher[0] == pytest.approx(1.0, abs=1e-5)
     assert labelled.teacher[2] == pytest.approx(labelled.teacher[0])
     assert labelled.teacher[1] < 1.0 - 1e-4
+
+
+class FakeEngine:
+    """Just enough of a search client for mining: a ``_doc``-ordered scan, and a
+    ``multi_match`` that ranks documents by shared words (``_score``: their count), with an
+    ``ids`` filter."""
+
+    def __init__(self, docs: dict[str, dict[str, str]]) -> None:
+        self.docs = docs
+        self.searches: list[dict[str, Any]] = []
+
+    def _hit(self, doc_id: str, score: float | None, fields: list[str]) -> dict[str, Any]:
+        source = {k: v for k, v in self.docs[doc_id].items() if k in fields}
+        return {"_id": doc_id, "_score": score, "_source": source, "sort": [doc_id]}
+
+    def search(self, index: str, body: dict[str, Any], rerank: bool) -> dict[str, Any]:
+        assert rerank is False
+        self.searches.append(body)
+        fields = body.get("_source") or []
+        query = body["query"]
+        if "match_all" in query:
+            ids = sorted(self.docs)
+            after = body.get("search_after")
+            ids = [i for i in ids if after is None or i > after[0]][: body["size"]]
+            return {"hits": {"hits": [self._hit(i, None, fields) for i in ids]}}
+        only = None
+        if "bool" in query:
+            only = set(query["bool"]["filter"][0]["ids"]["values"])
+            query = query["bool"]["must"][0]
+        words = set(query["multi_match"]["query"].lower().split())
+        scored = []
+        for doc_id, doc in self.docs.items():
+            text = " ".join(doc.get(f, "") for f in query["multi_match"]["fields"]).lower()
+            score = float(len(words & set(text.split())))
+            if score and (only is None or doc_id in only):
+                scored.append((score, doc_id))
+        scored.sort(key=lambda x: (-x[0], x[1]))
+        hits = [self._hit(i, s, fields) for s, i in scored[: body["size"]]]
+        return {"hits": {"hits": hits}}
+
+
+BODY = "the lift of a thin wing was measured at several angles of attack in the tunnel ."
+DOCS = {
+    f"d{n}": {
+        "title": f"wing lift study number {n}",
+        "text": f"{BODY} case {n} gave results close to theory .",
+    }
+    for n in range(6)
+}
+
+
+def test_title_groups_carry_no_title_line_the_positive_lacks() -> None:
+    """The title shortcut: a title group's positive lost its title (the pseudo-query); its
+    negatives must not keep theirs, or "no title line" identifies the positive."""
+    engine = FakeEngine(DOCS)
+    groups = self_supervised_groups(
+        engine, "i", query_field="title", doc_field="text", negatives=30, skip_top=0,
+        limit=None, seed=0, kinds=("title", "sentence"), depth=30,
+    )  # fmt: skip
+    titles = [g for g in groups if g.kind == "title"]
+    sentences_ = [g for g in groups if g.kind == "sentence"]
+    assert titles and sentences_
+    for g in titles:
+        for text in (g.positive, *g.negatives):
+            assert "\n" not in text and "study number" not in text  # no title, no separator
+            assert text.startswith("the lift of a thin wing")
+    for g in sentences_:  # sentence groups: every candidate keeps its title line
+        assert all(t.startswith("wing lift study number") for t in (g.positive, *g.negatives))
+
+
+def test_groups_keep_the_engine_scores_of_every_candidate() -> None:
+    engine = FakeEngine(DOCS)
+    groups = self_supervised_groups(
+        engine, "i", query_field="title", doc_field="text", negatives=3, skip_top=0,
+        limit=None, seed=0, kinds=("title",), depth=3,
+    )  # fmt: skip
+    for g in groups:
+        assert g.engine is not None and len(g.engine) == 1 + len(g.negatives)
+        # the positive matches all the title's words: its score is the top one
+        assert g.engine[0] == len(set(g.query.lower().split())) >= max(g.engine[1:])
+
+
+def test_a_positive_past_the_depth_gets_its_score_from_a_search_by_id() -> None:
+    note = {"title": "wing lift", "text": "a wholly different note on drag and flutter ."}
+    engine = FakeEngine({**DOCS, "z": note})  # "wing lift": every document ties at 2
+    groups = self_supervised_groups(
+        engine, "i", query_field="title", doc_field="text", negatives=2, skip_top=0,
+        limit=None, seed=0, kinds=("title",), depth=2,
+    )  # fmt: skip
+    (group,) = [g for g in groups if g.query == "wing lift"]
+    assert group.positive == note["text"] and group.engine == (2.0, 2.0, 2.0)
+    by_id = [b for b in engine.searches if "bool" in b["query"]]
+    assert [b["query"]["bool"]["filter"] for b in by_id] == [[{"ids": {"values": ["z"]}}]]
+    assert engine_score(engine, "i", "unrelated words", "z", ("title", "text")) is None
+
+
+def test_teacher_combines_cosine_and_bm25_z_scores() -> None:
+    cos, bm25 = [0.9, 0.5, 0.1], [10.0, 30.0, 20.0]
+    mixed = teacher_scores(cos, bm25)
+    # the positive's BM25 (of the document that still holds the pseudo-query) is replaced by
+    # the negatives' mean: neutral, the cosine decides for it
+    neutral = [25.0, 30.0, 20.0]
+    assert mixed == pytest.approx(combine({"bi": cos, "bm25": neutral}, {}, "zscore"))
+    assert mixed[1] > mixed[2]  # BM25 counts among the negatives
+    leaked = teacher_scores(cos, [99.0, 30.0, 20.0])
+    assert leaked == pytest.approx(mixed)  # whatever the positive's own BM25 was
+    assert teacher_scores(cos, None) == cos  # no engine scores: the cosine alone
+    assert teacher_scores(cos, bm25, weights={"bi": 1.0, "bm25": 0.0}) == cos
+    with pytest.raises(ValueError):
+        teacher_scores(cos, bm25[:2])
+
+
+def test_teacher_labels_use_the_groups_engine_scores(tiny_model_dir: Path) -> None:
+    group = TrainGroup("heat transfer", "heat transfer", ("shock waves", "wing flutter"))
+    (cosine,) = label_groups([group], str(tiny_model_dir), device="cpu", progress=False)
+    with_engine = replace(group, engine=(1.0, 9.0, 5.0))
+    (mixed,) = label_groups([with_engine], str(tiny_model_dir), device="cpu", progress=False)
+    assert cosine.teacher is not None and mixed.teacher is not None
+    assert list(mixed.teacher) == pytest.approx(teacher_scores(cosine.teacher, (1.0, 9.0, 5.0)))

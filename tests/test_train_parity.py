@@ -19,7 +19,7 @@ import transformers
 
 from crossrank.adapters.core.inputs import document_text
 from crossrank.adapters.training.loop import TrainGroup, TrainSettings, train
-from crossrank.adapters.training.mining import self_supervised_groups, text_fields
+from crossrank.adapters.training.mining import KINDS, self_supervised_groups, text_fields
 from crossrank.adapters.training.teacher import label_groups
 from crossrank.reranker import LocalScorer, RerankConfig, ScoreRequest
 
@@ -120,6 +120,15 @@ def recorded(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[dict[str, np.ndar
     monkeypatch.undo()
 
 
+def _served(hit: Mapping[str, Any], config: RerankConfig, kind: str) -> str:
+    """The text serving builds for ``hit``; in a ``title`` group, for the hit without its
+    title field (every candidate of a title group lacks the line its positive lost)."""
+    if kind == "title":
+        source = {k: v for k, v in hit["_source"].items() if k != "title"}
+        hit = {**hit, "_source": source}
+    return document_text(hit, config).text
+
+
 def _rows(batch: Mapping[str, np.ndarray]) -> list[tuple[list[int], list[int]]]:
     """(ids, token types) of each row without its padding; the padding is on the right."""
     rows = []
@@ -155,9 +164,9 @@ def test_training_pairs_are_the_served_pairs_token_for_token(
     )  # fmt: skip
     # the fields the config reads were fetched (the template's dotted path too)
     assert all(set(text_fields(text)) <= set(fields) for fields in engine.source_requests)
-    served_text = {document_text(h, text).text: h for h in HITS}
+    served_text = {kind: {_served(h, text, kind): h for h in HITS} for kind in KINDS}
     for g in groups:  # every negative is the text serving builds for its hit
-        assert set(g.negatives) <= set(served_text)
+        assert set(g.negatives) <= set(served_text[g.kind])
     assert any(LONG_TITLE in g.query for g in groups)
     k = len(HITS) - 1
     assert all(len(g.negatives) == k for g in groups)
@@ -172,9 +181,9 @@ def test_training_pairs_are_the_served_pairs_token_for_token(
     assert scorer.encoder.max_length == MAX_LENGTH  # served at its training length
     served: dict[str, Any] = {}
     for g in groups:
-        hits = [served_text[t] for t in g.negatives]
+        hits = [served_text[g.kind][t] for t in g.negatives]
         # the proxy's path: document texts of the hits, then the scorer's encoder
-        docs = [g.positive, *(document_text(h, text).text for h in hits)]
+        docs = [g.positive, *(_served(h, text, g.kind) for h in hits)]
         enc = scorer.encode([ScoreRequest(g.query, docs)])
         padded = scorer.pad(enc.input_ids, enc.token_type_ids)
         served[g.query] = (enc, _rows(padded._asdict()))
@@ -253,7 +262,7 @@ def test_a_length_over_the_model_limit_is_capped_as_served(
 def test_the_teacher_sees_the_same_document_text(
     tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from crossrank.adapters.training import teacher
+    from crossrank.reranker.local.bi_encoder import BiEncoderScorer
 
     text = CONFIGS["template"]
     groups = self_supervised_groups(
@@ -261,14 +270,14 @@ def test_the_teacher_sees_the_same_document_text(
         skip_top=0, limit=None, seed=0, config=text,
     )  # fmt: skip
     seen: list[str] = []
-    embed = teacher.embed
+    score = BiEncoderScorer.score
 
-    def spy(texts: list[str], *args: Any, **kwargs: Any) -> Any:
-        seen.extend(texts)
-        return embed(texts, *args, **kwargs)
+    def spy(self: BiEncoderScorer, requests: Any) -> Any:
+        seen.extend(d for r in requests for d in r.documents)
+        return score(self, requests)
 
-    monkeypatch.setattr(teacher, "embed", spy)
+    monkeypatch.setattr(BiEncoderScorer, "score", spy)
     label_groups(groups, str(tiny_model_dir), device="cpu", progress=False)
-    served = {document_text(h, text).text for h in HITS}
+    served = {_served(h, text, "title") for h in HITS}
     negatives = {t for g in groups for t in g.negatives}
     assert negatives == served and served <= set(seen)

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
 
-from crossrank.adapters.training.loop import TrainGroup, TrainSettings, train
+from crossrank.adapters.training.loop import TrainGroup, TrainSettings, base_reference, train
 from crossrank.reranker import LocalScorer, RerankConfig, ScoreRequest
 
 TOPICS = [
@@ -67,6 +68,16 @@ def test_listwise_training_learns_and_saves_a_loadable_model(
         ]
     )
     assert result.scores[0] > result.scores[1]
+    # the base is named in the saved config, for serving it as a bi-encoder ensemble member
+    config = json.loads((out / "config.json").read_text())
+    assert config["crossrank_base"] == str(tiny_model_dir.resolve())
+    meta = json.loads((out / "crossrank_training.json").read_text())
+    assert meta["crossrank_base"] == str(tiny_model_dir.resolve())
+
+
+def test_base_reference_is_absolute_for_a_folder(tmp_path: Path) -> None:
+    assert base_reference(str(tmp_path)) == str(tmp_path.resolve())
+    assert base_reference("org/some-model") == "org/some-model"  # a hub name stays as given
 
 
 def test_bce_loss_and_seeded_runs_are_identical(tiny_model_dir: Path, tmp_path: Path) -> None:

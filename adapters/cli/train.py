@@ -8,13 +8,18 @@ Training groups come from either
   positive; or
 - **judged pairs** (``--qrels``: a BEIR folder's ``qrels/<split>.tsv`` and its queries).
 
-Candidates are BM25 hits from the live engine. Self-supervised training (loss ``distill``)
-learns the base checkpoint's own similarity (a bi-encoder's cosine of the pseudo-query and
-each candidate) as a listwise distribution, mixed with the known positive, starting from a
-classification head fitted to that similarity; no labels are needed, and unjudged positives
-among the candidates are not punished. With hard labels (``listwise``, ``bce``) the top
-``--skip-top`` BM25 ranks are left out of the negatives instead. The model is saved in
-Hugging Face format; the local scorer and the scorer service load it as-is.
+Candidates are BM25 hits from the live engine, with their BM25 scores. Self-supervised
+training (loss ``distill``) learns a teacher — the base checkpoint as a bi-encoder (cosine of
+the pseudo-query and each candidate) combined with the candidates' BM25 scores (per-group
+z-scores, equal weights; ``--teacher-bm25-weight 0`` for the cosine alone) — as a listwise
+distribution, mixed with the known positive, starting from a classification head fitted to
+that teacher; no labels are needed, and unjudged positives among the candidates are not
+punished. Title pseudo-queries leave the title field out of every candidate of their group
+(the positive lost it), so a missing title cannot give the positive away. The base is named
+in the saved model's config (``crossrank_base``), for serving it as an ensemble member.
+With hard labels (``listwise``, ``bce``) the top ``--skip-top`` BM25 ranks are left out of
+the negatives instead. The model is saved in Hugging Face format; the local scorer and the
+scorer service load it as-is.
 
 Training sees what serving scores: document texts from ``--fields`` (default: the query
 field, then the document field) or ``--template`` and ``--field-separator``, as the proxy's
@@ -42,9 +47,14 @@ from crossrank.adapters.training.mining import (
     self_supervised_groups,
     text_config,
 )
+from crossrank.adapters.training.teacher import TEACHER_WEIGHTS
 from crossrank.reranker.config import RerankConfig
 
 __all__ = ["SETTING_OPTIONS", "main", "parser", "settings_for", "text_config_for"]
+
+#: The distillation temperature for the cosine alone (``--teacher-bm25-weight 0``), whose
+#: per-group spread is about a tenth of the default teacher's z-scores.
+COSINE_TEMPERATURE = 0.05
 
 
 #: ``TrainSettings`` fields that are options of their own; their defaults are the settings'.
@@ -70,6 +80,8 @@ def settings_for(args: argparse.Namespace) -> TrainSettings:
     that fit the mode (distill and a fitted head when self-supervised), defaults for the rest."""
     loss = args.loss or ("listwise" if args.qrels else "distill")
     given = {name: getattr(args, name) for name in SETTING_OPTIONS}
+    if given["temperature"] is None and not getattr(args, "teacher_bm25_weight", 1.0):
+        given["temperature"] = COSINE_TEMPERATURE  # the cosine alone: its own scale
     return TrainSettings(
         base=args.base,
         output=args.output,
@@ -146,6 +158,14 @@ def parser() -> argparse.ArgumentParser:
         )
     p.add_argument("--head-init", choices=["fit", "random"], help="default: fit with distill")
     p.add_argument("--teacher-max-length", type=int, default=128)
+    p.add_argument(
+        "--teacher-bm25-weight",
+        type=float,
+        default=TEACHER_WEIGHTS["bm25"],
+        help="weight of BM25 against the base's cosine (weight 1) in the teacher;"
+        f" 0: the cosine alone, at temperature {COSINE_TEMPERATURE} unless --temperature"
+        " is given (default: %(default)s)",
+    )
     p.add_argument("--no-resume", action="store_true")
     return p
 
@@ -196,9 +216,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     if distill:
         from crossrank.adapters.training.teacher import label_groups
 
-        print(f"teacher scores from {args.base} (its own similarity) ...", flush=True)
+        weights = {"bi": TEACHER_WEIGHTS["bi"], "bm25": args.teacher_bm25_weight}
+        with_bm25 = " + BM25" if args.teacher_bm25_weight else ""
+        print(f"teacher scores: {args.base} as a bi-encoder{with_bm25} ...", flush=True)
         groups = label_groups(
-            groups, args.base, max_length=args.teacher_max_length, device=settings.device
+            groups,
+            args.base,
+            max_length=args.teacher_max_length,
+            device=settings.device,
+            weights=weights,
         )
     document = config.model_dump(include={"fields", "template", "field_separator", "source"})
     out = train(groups, settings, record={"document_text": document})

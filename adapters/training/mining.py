@@ -24,9 +24,12 @@ from crossrank.reranker.errors import ConfigurationError
 
 __all__ = [
     "KINDS",
+    "Candidates",
     "PseudoQuery",
+    "engine_score",
     "hit_text",
     "judged_groups",
+    "mine_candidates",
     "mine_negatives",
     "pseudo_queries",
     "self_supervised_groups",
@@ -105,6 +108,57 @@ def _scan(
         after = hits[-1]["sort"]
 
 
+class Candidates(NamedTuple):
+    """BM25 candidates of a query: document texts, their engine ``_score`` and ids, and the
+    scores of the excluded documents that were among the hits."""
+
+    texts: list[str]
+    scores: list[float]
+    ids: list[str]
+    excluded: dict[str, float]
+
+
+def mine_candidates(
+    client: Any,
+    index: str,
+    query: str,
+    exclude: set[str],
+    search_fields: Sequence[str],
+    *,
+    config: RerankConfig,
+    count: int,
+    skip_top: int,
+    depth: int = 50,
+    rng: random.Random,
+    drop: str | None = None,
+) -> Candidates:
+    """Document texts (:func:`hit_text` under ``config``) and BM25 scores of the hits for
+    ``query`` on ``search_fields``, past the top ``skip_top``, not in ``exclude``; ``drop``
+    names a field left out of every text (title groups: see :func:`self_supervised_groups`)."""
+    _check(config)
+    body = {
+        "size": depth,
+        "query": {"multi_match": {"query": query, "fields": list(search_fields)}},
+        "_source": text_fields(config),
+    }
+    hits = _body(client.search(index=index, body=body, rerank=False))["hits"]["hits"]
+    pool = [h for h in hits[skip_top:] if h["_id"] not in exclude]
+    rng.shuffle(pool)
+    out = Candidates([], [], [], {})
+    for hit in hits:
+        if hit["_id"] in exclude:
+            out.excluded[str(hit["_id"])] = float(hit.get("_score") or 0.0)
+    for hit in pool:
+        if drop is not None:
+            hit = {**hit, "_source": _drop(hit.get("_source") or {}, drop)}
+        text = hit_text(hit, config)
+        if text and len(out.texts) < count:
+            out.texts.append(text)
+            out.scores.append(float(hit.get("_score") or 0.0))
+            out.ids.append(str(hit["_id"]))
+    return out
+
+
 def mine_negatives(
     client: Any,
     index: str,
@@ -120,17 +174,50 @@ def mine_negatives(
 ) -> list[str]:
     """Document texts (:func:`hit_text` under ``config``) of BM25 hits for ``query`` on
     ``search_fields``, past the top ``skip_top``, not in ``exclude``."""
-    _check(config)
+    return mine_candidates(
+        client,
+        index,
+        query,
+        exclude,
+        search_fields,
+        config=config,
+        count=count,
+        skip_top=skip_top,
+        depth=depth,
+        rng=rng,
+    ).texts
+
+
+def engine_score(
+    client: Any, index: str, query: str, doc_id: str, search_fields: Sequence[str]
+) -> float | None:
+    """The BM25 score of document ``doc_id`` for ``query`` (the candidates' search, restricted
+    to that id: the same statistics, so the same score the document has in the full ranking);
+    None where the document does not match at all."""
     body = {
-        "size": depth,
-        "query": {"multi_match": {"query": query, "fields": list(search_fields)}},
-        "_source": text_fields(config),
+        "size": 1,
+        "_source": False,
+        "query": {
+            "bool": {
+                "must": [{"multi_match": {"query": query, "fields": list(search_fields)}}],
+                "filter": [{"ids": {"values": [doc_id]}}],
+            }
+        },
     }
     hits = _body(client.search(index=index, body=body, rerank=False))["hits"]["hits"]
-    pool = [h for h in hits[skip_top:] if h["_id"] not in exclude]
-    rng.shuffle(pool)
-    texts = (hit_text(hit, config) for hit in pool)
-    return [t for t in texts if t][:count]
+    return float(hits[0]["_score"]) if hits else None
+
+
+def _drop(source: Mapping[str, Any], field: str) -> dict[str, Any]:
+    """``source`` without the (dotted) ``field``."""
+    head, _, rest = field.partition(".")
+    out = dict(source)
+    if head in out:
+        if rest and isinstance(out[head], Mapping):
+            out[head] = _drop(out[head], rest)
+        elif not rest:
+            del out[head]
+    return out
 
 
 def _strip(text: str, phrase: str) -> str:
@@ -190,7 +277,9 @@ def pseudo_queries(
     first sentence of ``doc_field``). ``sentence``: a random sentence of 5-32 words of
     ``doc_field`` other than the first. The positive is the hit's document text under
     ``config`` (:func:`hit_text`; default :func:`text_config` of the two fields) with the
-    pseudo-query stripped from every field, so apart from that it is what serving scores.
+    pseudo-query stripped from every field, so apart from that it is what serving scores;
+    for ``title`` the whole ``query_field`` is left out of it, as it is left out of the
+    group's other candidates (otherwise "the one without a title" gives the positive away).
     """
     config = config or text_config(query_field, doc_field)
     title = hit_text(hit, text_config(fields=(query_field,))).strip()
@@ -208,7 +297,10 @@ def pseudo_queries(
             query = rng.choice(pool)
         else:
             raise ConfigurationError(f"unknown pseudo-query kind {kind!r}")
-        positive = hit_text({"_source": _without(source, query)}, config)
+        # A title group's candidates are all read without the query field (see
+        # self_supervised_groups), the positive too: no line tells the positive apart.
+        own = _drop(source, query_field) if kind == "title" else source
+        positive = hit_text({"_source": _without(own, query)}, config)
         query = " ".join(query.split())
         if len(query.split()) >= 2 and len(positive.split()) >= 5:
             out.append(PseudoQuery(kind, query, positive))
@@ -235,6 +327,16 @@ def self_supervised_groups(
     of ``depth`` as negatives. Document texts follow ``config`` (default: :func:`text_config`
     of the two fields), as serving builds them.
 
+    Each group carries the engine's BM25 ``_score`` of its positive and negatives
+    (``engine``), for the teacher. The positive's is its score in the candidates' search
+    (it is usually the top hit: the pseudo-query is its own text, still in the index); where
+    it is past ``depth``, one more search restricted to its id gives the same score; where
+    it does not match at all, the lowest candidate's score stands in.
+
+    ``title`` groups leave ``query_field`` out of every candidate's text, the positive's
+    included: the positive lost its title (the pseudo-query), so negatives with a title line
+    would let "no title line" identify it.
+
     Documents are visited in a seeded random order; ``limit`` caps the number of groups.
     """
     config = config or text_config(query_field, doc_field)
@@ -249,8 +351,8 @@ def self_supervised_groups(
         found = pseudo_queries(
             doc, kinds, rng, config=config, query_field=query_field, doc_field=doc_field
         )
-        for _, query, positive in found:
-            negs = mine_negatives(
+        for kind, query, positive in found:
+            cands = mine_candidates(
                 client,
                 index,
                 query,
@@ -261,9 +363,16 @@ def self_supervised_groups(
                 skip_top=skip_top,
                 depth=depth,
                 rng=rng,
+                drop=query_field if kind == "title" else None,
             )
-            if negs:
-                groups.append(TrainGroup(query, positive, tuple(negs)))
+            if not cands.texts:
+                continue
+            score = cands.excluded.get(str(doc["_id"]))
+            if score is None:
+                score = engine_score(client, index, query, str(doc["_id"]), search_fields)
+            own = min(cands.scores) if score is None else score
+            engine = (own, *cands.scores)
+            groups.append(TrainGroup(query, positive, tuple(cands.texts), engine=engine, kind=kind))
             if limit and len(groups) >= limit:
                 return groups
     return groups

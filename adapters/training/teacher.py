@@ -1,59 +1,60 @@
-"""Soft labels for self-supervised training: the base checkpoint's own similarity.
+"""Soft labels for self-supervised training: the base checkpoint's own similarity, combined
+with the engine's BM25 score.
 
 A bi-encoder checkpoint (such as all-MiniLM-L6-v2) embeds the pseudo-query and each
-candidate separately (mean-pooled, L2-normalised); their cosine is the teacher score that
-the cross-encoder learns to reproduce as a distribution over each group. The base's
-similarity carries real relevance signal even where the cross-encoder's head starts random,
-and unlike hard labels it does not punish the unjudged positives among BM25 candidates.
+candidate separately (pooled as the checkpoint declares); their cosine is one teacher signal. The
+candidates' BM25 scores (kept by mining) are the other: the two are combined per group by
+:func:`~crossrank.reranker.ensemble.combine` (z-scores, equal weights by default — not tuned
+on any judgments), the teacher score that the cross-encoder learns to reproduce as a
+distribution over each group. The ensemble of the two ranks better than either alone (the
+"bi-encoder + BM25" column of the domain-adaptation table), so the student learns from a
+stronger teacher than the base alone; unlike hard labels it does not punish the unjudged
+positives among BM25 candidates. Groups without engine scores get the cosine alone.
 
 The teacher embeds the groups' own texts — the document texts that mining built as serving
-builds them — each on its own, with its own tokenization (single sequences cut at
-``max_length``): it labels the very documents the cross-encoder is trained and served on.
+builds them — with the serving bi-encoder (single sequences cut at ``max_length``): it labels
+the very documents the cross-encoder is trained and served on, with the very scores the
+``bi`` member of the offline default ensemble gives them.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import replace
-from typing import Any
 
 from crossrank.adapters.training.loop import TrainGroup
+from crossrank.reranker.ensemble import Normalize, combine
 
-__all__ = ["embed", "label_groups"]
+__all__ = ["TEACHER_NORMALIZE", "TEACHER_WEIGHTS", "label_groups", "teacher_scores"]
+
+#: Equal weights of the base's cosine (``bi``) and the engine's BM25 (``bm25``): a default
+#: chosen without judgments.
+TEACHER_WEIGHTS: Mapping[str, float] = {"bi": 1.0, "bm25": 1.0}
+#: Per-group normalisation of the two signals before they are combined.
+TEACHER_NORMALIZE: Normalize = "zscore"
 
 
-def embed(
-    texts: Sequence[str],
-    model: Any,
-    tokenizer: Any,
+def teacher_scores(
+    cosines: Sequence[float],
+    engine: Sequence[float] | None,
     *,
-    max_length: int = 128,
-    batch_size: int = 64,
-    progress: bool = True,
-) -> Any:
-    """Mean-pooled, L2-normalised embeddings of ``texts`` (longest first, for less padding)."""
-    import torch
-    from tqdm import tqdm
-
-    device = next(model.parameters()).device
-    order = sorted(range(len(texts)), key=lambda i: -len(texts[i]))
-    out = torch.empty(len(texts), model.config.hidden_size)
-    with torch.inference_mode():
-        starts = range(0, len(order), batch_size)
-        for start in tqdm(starts, desc="teacher", unit="batch", disable=not progress):
-            rows = order[start : start + batch_size]
-            enc = tokenizer(
-                [texts[i] for i in rows],
-                truncation=True,
-                max_length=max_length,
-                padding=True,
-                return_tensors="pt",
-            ).to(device)
-            hidden = model(**enc).last_hidden_state.float()
-            mask = enc["attention_mask"].unsqueeze(-1).float()
-            pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1.0)
-            out[rows] = torch.nn.functional.normalize(pooled, dim=-1).cpu()
-    return out
+    weights: Mapping[str, float] = TEACHER_WEIGHTS,
+    normalize: Normalize = TEACHER_NORMALIZE,
+) -> list[float]:
+    """One group's teacher scores: :func:`combine` of the cosines and the engine scores
+    (``weights`` of ``bi`` and ``bm25``, ``normalize`` per group); the cosines alone where
+    there are no engine scores or the ``bm25`` weight is 0."""
+    if engine is None or not weights.get("bm25", 1.0):
+        return list(cosines)
+    if len(engine) != len(cosines):
+        raise ValueError("a group needs one engine score per document")
+    # The positive's engine score is that of the indexed document, which still holds the
+    # pseudo-query the student never sees: it would tell the teacher the answer. The positive
+    # gets the negatives' mean instead, so its BM25 part is neutral and the cosine decides.
+    bm25 = list(engine)
+    if len(bm25) > 1:
+        bm25[0] = sum(bm25[1:]) / (len(bm25) - 1)
+    return combine({"bi": list(cosines), "bm25": bm25}, weights, normalize)
 
 
 def label_groups(
@@ -63,25 +64,36 @@ def label_groups(
     max_length: int = 128,
     device: str = "auto",
     progress: bool = True,
+    weights: Mapping[str, float] = TEACHER_WEIGHTS,
+    normalize: Normalize = TEACHER_NORMALIZE,
 ) -> list[TrainGroup]:
-    """``groups`` with ``teacher`` set: the base bi-encoder's cosine of the query and each
-    document (positive first, then the negatives). Each distinct text is embedded once."""
-    import torch
-    from transformers import AutoModel, AutoTokenizer
+    """``groups`` with ``teacher`` set (positive first, then the negatives): the base's
+    score of the query and each document as the bi-encoder scorer gives it in serving
+    (:class:`~crossrank.reranker.local.bi_encoder.BiEncoderScorer`, fp32: its pooling, its
+    cosine), combined with the group's engine scores where it has them
+    (:func:`teacher_scores`). Each distinct text is embedded once (its vector cache)."""
+    from tqdm import tqdm
 
-    from crossrank.reranker.local import pick_device
+    from crossrank.reranker.config import RerankConfig
+    from crossrank.reranker.local.bi_encoder import BiEncoderScorer
+    from crossrank.reranker.scoring import ScoreRequest
 
-    dev = pick_device(device)
-    tokenizer = AutoTokenizer.from_pretrained(base)
-    model = AutoModel.from_pretrained(base).to(dev).eval()
-    texts: dict[str, int] = {}
-    for g in groups:
-        for text in (g.query, g.positive, *g.negatives):
-            texts.setdefault(text, len(texts))
-    vectors = embed(list(texts), model, tokenizer, max_length=max_length, progress=progress)
+    scorer = BiEncoderScorer(
+        RerankConfig(
+            model=base,
+            kind="bi-encoder",
+            device=device,
+            dtype="float32",
+            max_length=max_length,
+            max_query_tokens=max_length,
+        )
+    )
     labelled = []
-    for g in groups:
-        q = vectors[texts[g.query]]
-        docs = torch.stack([vectors[texts[t]] for t in (g.positive, *g.negatives)])
-        labelled.append(replace(g, teacher=tuple((docs @ q).tolist())))
+    chunks = range(0, len(groups), 64)
+    for start in tqdm(chunks, desc="teacher", unit="batch", disable=not progress):
+        chunk = groups[start : start + 64]
+        results = scorer.score([ScoreRequest(g.query, (g.positive, *g.negatives)) for g in chunk])
+        for g, result in zip(chunk, results):
+            scores = teacher_scores(result.scores, g.engine, weights=weights, normalize=normalize)
+            labelled.append(replace(g, teacher=tuple(scores)))
     return labelled
