@@ -17,7 +17,13 @@ from crossrank.adapters.core.flow import (
 )
 from crossrank.reranker.config import RerankConfig
 from crossrank.reranker.loader import ScorerLoader
-from crossrank.reranker.scoring import Scorer, ScoreRequest, ScoreResult, make_scorer
+from crossrank.reranker.scoring import (
+    Scorer,
+    ScoreRequest,
+    ScoreResult,
+    make_scorer,
+    scorer_name,
+)
 
 __all__ = [
     "AsyncReranking",
@@ -46,7 +52,7 @@ class RerankState:
         cfg: RerankConfig = config or RerankConfig()
         self.config = cfg
         self._given = scorer
-        self.loader = ScorerLoader(lambda: make_scorer(cfg), name=cfg.model)
+        self.loader = ScorerLoader(lambda: make_scorer(cfg), name=scorer_name(cfg))
 
     @property
     def scorer(self) -> Scorer:

@@ -17,7 +17,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any, Literal
 
 from crossrank.reranker.config import EnsembleMember, RerankConfig
-from crossrank.reranker.scoring import Scorer, ScoreRequest, ScoreResult
+from crossrank.reranker.scoring import Scorer, ScoreRequest, ScoreResult, scorer_name
 
 __all__ = ["EnsembleScorer", "combine", "member_config", "member_weights", "normalize"]
 
@@ -103,7 +103,7 @@ class EnsembleScorer:
 
     @property
     def name(self) -> str:
-        return "ensemble(" + ",".join(self.members) + ")"
+        return scorer_name(self.config)
 
     def describe(self) -> dict[str, Any]:
         """Each member's description (what its own ``describe`` reports) and weight."""

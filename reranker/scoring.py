@@ -13,9 +13,9 @@ from typing import TYPE_CHECKING, Protocol, runtime_checkable
 from crossrank.reranker.errors import ConfigurationError
 
 if TYPE_CHECKING:
-    from crossrank.reranker.config import RerankConfig
+    from crossrank.reranker.config import RerankConfig, ScorerOptions
 
-__all__ = ["ScoreRequest", "ScoreResult", "Scorer", "make_scorer"]
+__all__ = ["ScoreRequest", "ScoreResult", "Scorer", "make_scorer", "scorer_name"]
 
 
 @dataclass(frozen=True)
@@ -76,6 +76,14 @@ class Scorer(Protocol):
     async def ascore(self, requests: Sequence[ScoreRequest]) -> list[ScoreResult]:
         """Async :meth:`score`; must not block the event loop."""
         ...
+
+
+def scorer_name(config: ScorerOptions) -> str:
+    """What a configuration's scorer is called in logs and responses: the model, or
+    ``ensemble(<member names>)`` (as :class:`~crossrank.reranker.ensemble.EnsembleScorer`)."""
+    if config.ensemble:
+        return "ensemble(" + ",".join(m.name for m in config.ensemble) + ")"
+    return config.model
 
 
 def make_scorer(config: RerankConfig) -> Scorer:

@@ -188,3 +188,10 @@ def test_make_scorer_builds_real_members(tiny_model_dir: Path) -> None:
     [result] = scorer.score([ScoreRequest("heat transfer", ["heat flow in a pipe", "music"])])
     assert result.signals["one"] == result.signals["two"]  # same model, same scores
     assert len(result.scores) == 2
+
+
+def test_an_ensemble_is_named_by_its_members_in_logs_and_responses() -> None:
+    from crossrank.reranker.scoring import scorer_name
+
+    assert scorer_name(ENSEMBLE) == "ensemble(a,b)" == ensemble()[0].name
+    assert scorer_name(RerankConfig(model="m")) == "m"

@@ -24,7 +24,13 @@ from crossrank.reranker.config import RerankConfig
 from crossrank.reranker.errors import ConfigurationError, ScorerError, ScorerTimeoutError
 from crossrank.reranker.loader import ScorerLoader
 from crossrank.reranker.score_cache import ScoreCache
-from crossrank.reranker.scoring import Scorer, ScoreRequest, ScoreResult, make_scorer
+from crossrank.reranker.scoring import (
+    Scorer,
+    ScoreRequest,
+    ScoreResult,
+    make_scorer,
+    scorer_name,
+)
 
 __all__ = ["BudgetScorer", "ScorerFactory", "Scorers", "load_factory"]
 
@@ -65,7 +71,7 @@ class Scorers:
         key = scorer_key(config)
         loader = self._loaders.get(key)
         if loader is None:
-            loader = ScorerLoader(lambda: self.factory(config), name=config.model)
+            loader = ScorerLoader(lambda: self.factory(config), name=scorer_name(config))
             self._loaders[key] = loader
         return loader
 
@@ -98,7 +104,7 @@ class Scorers:
             if problem is not None:
                 log_event("scorer check failed", logging.ERROR, error=problem)
             else:
-                log_event("scorer check passed", model=config.model)
+                log_event("scorer check passed", model=scorer_name(config))
         self._last_check[key] = problem
         return problem
 
@@ -148,7 +154,7 @@ class BudgetScorer:
 
     @property
     def name(self) -> str:
-        return str(self.config.model)
+        return scorer_name(self.config)
 
     def score(self, requests: Sequence[ScoreRequest]) -> list[ScoreResult]:
         raise NotImplementedError("the proxy scores asynchronously")

@@ -48,13 +48,7 @@ def teacher_scores(
         return list(cosines)
     if len(engine) != len(cosines):
         raise ValueError("a group needs one engine score per document")
-    # The positive's engine score is that of the indexed document, which still holds the
-    # pseudo-query the student never sees: it would tell the teacher the answer. The positive
-    # gets the negatives' mean instead, so its BM25 part is neutral and the cosine decides.
-    bm25 = list(engine)
-    if len(bm25) > 1:
-        bm25[0] = sum(bm25[1:]) / (len(bm25) - 1)
-    return combine({"bi": list(cosines), "bm25": bm25}, weights, normalize)
+    return combine({"bi": list(cosines), "bm25": list(engine)}, weights, normalize)
 
 
 def label_groups(
