@@ -9,13 +9,16 @@ import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from crossrank.adapters.connect import Kind
 from crossrank.adapters.core.plan import fuse_scores
 from crossrank.reranker.config import FusionConfig, RerankConfig
 from crossrank.reranker.errors import ConfigurationError, EngineRequestError, ScorerError
 from crossrank.reranker.scoring import Scorer, ScoreRequest, ScoreResult
+
+if TYPE_CHECKING:
+    from crossrank.reranker.calibration import Calibration
 
 __all__ = [
     "METRICS",
@@ -502,7 +505,7 @@ def fit_on_fit_half(
     negatives: str | None = None,
     window: int | None = None,
     scorer: str = "",
-) -> Any:
+) -> Calibration:
     """A :class:`~crossrank.reranker.calibration.Calibration` fitted on the runs of the fit
     half of the queries (``SPLIT_RULE``), its ``fitted_on`` saying on what."""
     from crossrank.reranker.calibration import (

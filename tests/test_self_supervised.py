@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import random
 from dataclasses import replace
 from pathlib import Path
@@ -236,3 +237,19 @@ def test_teacher_labels_use_the_groups_engine_scores(tiny_model_dir: Path) -> No
     (mixed,) = label_groups([with_engine], str(tiny_model_dir), device="cpu", progress=False)
     assert cosine.teacher is not None and mixed.teacher is not None
     assert list(mixed.teacher) == pytest.approx(teacher_scores(cosine.teacher, (1.0, 9.0, 5.0)))
+
+
+def test_judged_groups_pair_qrels_positives_with_bm25_negatives(tmp_path: Path) -> None:
+    from crossrank.adapters.training.mining import judged_groups
+
+    (tmp_path / "qrels").mkdir()
+    corpus = [{"_id": k, **v} for k, v in DOCS.items()]
+    (tmp_path / "corpus.jsonl").write_text("\n".join(json.dumps(d) for d in corpus))
+    (tmp_path / "queries.jsonl").write_text(json.dumps({"_id": "q1", "text": "wing lift"}))
+    (tmp_path / "qrels" / "train.tsv").write_text("query-id\tcorpus-id\tscore\nq1\td2\t1\n")
+    engine = FakeEngine(DOCS)
+    [group] = judged_groups(
+        engine, "i", tmp_path, "train", fields=("title", "text"), negatives=3, skip_top=0, seed=0
+    )
+    assert group.query == "wing lift" and "number 2" in group.positive
+    assert len(group.negatives) == 3 and all("number 2" not in n for n in group.negatives)

@@ -30,7 +30,6 @@ __all__ = [
     "hit_text",
     "judged_groups",
     "mine_candidates",
-    "mine_negatives",
     "pseudo_queries",
     "self_supervised_groups",
     "sentences",
@@ -157,35 +156,6 @@ def mine_candidates(
             out.scores.append(float(hit.get("_score") or 0.0))
             out.ids.append(str(hit["_id"]))
     return out
-
-
-def mine_negatives(
-    client: Any,
-    index: str,
-    query: str,
-    exclude: set[str],
-    search_fields: Sequence[str],
-    *,
-    config: RerankConfig,
-    count: int,
-    skip_top: int,
-    depth: int = 50,
-    rng: random.Random,
-) -> list[str]:
-    """Document texts (:func:`hit_text` under ``config``) of BM25 hits for ``query`` on
-    ``search_fields``, past the top ``skip_top``, not in ``exclude``."""
-    return mine_candidates(
-        client,
-        index,
-        query,
-        exclude,
-        search_fields,
-        config=config,
-        count=count,
-        skip_top=skip_top,
-        depth=depth,
-        rng=rng,
-    ).texts
 
 
 def engine_score(
@@ -401,7 +371,7 @@ def judged_groups(
     groups = []
     for qid, query in collection.queries.items():
         positives = set(collection.qrels[qid])
-        negs = mine_negatives(
+        negs = mine_candidates(
             client,
             index,
             query,
@@ -411,7 +381,7 @@ def judged_groups(
             count=negatives,
             skip_top=skip_top,
             rng=rng,
-        )
+        ).texts
         for doc_id in sorted(positives):
             doc = collection.corpus.get(doc_id)
             text = hit_text({"_source": doc}, config) if doc else ""
