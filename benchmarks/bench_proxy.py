@@ -128,16 +128,15 @@ def _profile(url: str, queries: list[str], rounds: int, out: Path) -> None:
     """Run the reranking-on proxy in this process under cProfile for the same requests."""
     import uvicorn
 
-    from crossrank.adapters.cli.proxy import build_settings, parser
+    from crossrank.adapters.cli.proxy import build_settings, parser, server_config
     from crossrank.adapters.proxy.app import create_app
 
     sections = []
     for mode in ("off", "on"):
         port = free_port()
         args = parser().parse_args([*_proxy_args(url, mode), "--port", str(port)])
-        config = uvicorn.Config(
-            create_app(build_settings(args)), host="127.0.0.1", port=port, log_level="warning"
-        )
+        settings = build_settings(args)
+        config = server_config(create_app(settings), settings, log_level="warning")
         server = uvicorn.Server(config)
         profiler = cProfile.Profile()
 

@@ -53,9 +53,10 @@ web.run_app(app, host="127.0.0.1", port=port, print=None, access_log=None)
 PROXY = r"""
 import sys, uvicorn
 from crossrank.adapters.proxy import ProxySettings, create_app
+from crossrank.adapters.proxy.server import ProxyHttpProtocol
 from crossrank.reranker import RerankConfig
 app = create_app(ProxySettings(upstream=sys.argv[1], rerank=RerankConfig(enabled=False), preload=False))
-uvicorn.run(app, host="127.0.0.1", port=int(sys.argv[2]), http="h11", log_level="warning", lifespan="on")
+uvicorn.run(app, host="127.0.0.1", port=int(sys.argv[2]), http=ProxyHttpProtocol, log_level="warning", lifespan="on")
 """
 with EngineNode("opensearch:2.19.6") as node:
     httpx.put(node.url + "/b", json={"settings": {"number_of_shards": 1}}).raise_for_status()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import socket
 import threading
 from collections.abc import Iterator
@@ -59,17 +60,22 @@ class Listener:
 
 
 def raw_request(url: str, data: bytes, timeout: float = 30) -> tuple[int, bytes]:
-    """Send ``data`` as is on a new connection; the status and body of the answer."""
+    """Send ``data`` as is on a new connection; the status and body of the answer (read to
+    its Content-Length, or to the close: OpenSearch keeps a connection whose headers it
+    refused open)."""
     host, port = url.removeprefix("http://").split(":")
     with socket.create_connection((host, int(port)), timeout=timeout) as sock:
         sock.sendall(data)
-        chunks = []
+        response = b""
         while True:
             chunk = sock.recv(65536)
             if not chunk:
                 break
-            chunks.append(chunk)
-    response = b"".join(chunks)
+            response += chunk
+            head, found, body = response.partition(b"\r\n\r\n")
+            length = re.search(rb"(?im)^content-length:\s*(\d+)", head) if found else None
+            if length is not None and len(body) >= int(length.group(1)):
+                break
     head, _, body = response.partition(b"\r\n\r\n")
     return int(head.split(b" ")[1]), body
 
@@ -146,6 +152,27 @@ def test_request_targets_never_reach_another_host(
     finally:
         listener.close()
     assert listener.connections == 0
+
+
+@pytest.mark.parametrize(
+    ("case", "kind"),
+    [("line", "too_long_http_line_exception"), ("headers", "too_long_http_header_exception")],
+)
+def test_oversized_request_line_or_headers_get_the_engines_own_400(
+    engine: Engine, guarded: ProxyProcess, case: str, kind: str
+) -> None:
+    """The proxy's parser refuses what the engine's refuses, in the engine's words."""
+    target = "/" + "a" * 5000 if case == "line" else "/"
+    extra = "".join(f"X-H{n}: {'v' * 1000}\r\n" for n in range(20)) if case == "headers" else ""
+    data = (
+        f"GET {target} HTTP/1.1\r\nHost: x\r\nX-Crossrank-Token: {TOKEN}\r\n{extra}"
+        "Connection: close\r\n\r\n"
+    ).encode()
+    for url in (engine.url, guarded.url):
+        status, body = raw_request(url, data)
+        assert status == 400, (url, body[:300])
+        answer = json.loads(body)
+        assert answer["status"] == 400 and answer["error"]["type"] == kind, (url, answer)
 
 
 # ---------------------------------------------------------------- 2: lone surrogates

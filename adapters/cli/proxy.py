@@ -17,11 +17,12 @@ import argparse
 import json
 import logging
 import logging.config
+import math
 import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError
 
@@ -36,6 +37,9 @@ from crossrank.adapters.proxy.metrics import JsonFormatter
 from crossrank.adapters.proxy.settings import ProxySettings, load_rules
 from crossrank.reranker.config import RerankConfig
 from crossrank.reranker.errors import ConfigurationError, CrossrankError
+
+if TYPE_CHECKING:
+    import uvicorn
 
 __all__ = ["NOT_OPTIONS", "PROXY_OPTIONS", "RERANK_OPTIONS", "build_settings", "main", "parser"]
 
@@ -178,6 +182,30 @@ def _logging(level: str) -> dict[str, Any]:
     }
 
 
+def server_config(
+    app: Any, settings: ProxySettings, log_level: str = "info", graceful_timeout: float = 10.0
+) -> uvicorn.Config:
+    """The proxy's uvicorn settings (the CLI's and the benchmarks' in-process runs)."""
+    import uvicorn
+
+    from crossrank.adapters.proxy.server import ProxyHttpProtocol
+
+    return uvicorn.Config(
+        app,
+        host=settings.host,
+        port=settings.port,
+        lifespan="on",
+        # httptools' C parser, the request target kept as sent (see proxy.server)
+        http=ProxyHttpProtocol,
+        log_config=_logging(log_level),
+        access_log=False,
+        timeout_graceful_shutdown=math.ceil(graceful_timeout),
+        server_header=False,
+        date_header=False,
+        proxy_headers=False,  # the proxy never reads the client's address
+    )
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the proxy until SIGINT/SIGTERM (graceful: in-flight requests finish)."""
     args = parser().parse_args(argv)
@@ -196,21 +224,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (CrossrankError, ValueError) as exc:  # a bad scorer factory or index defaults
         print(f"crossrank proxy: {exc}", file=sys.stderr)
         return 2
-    config = uvicorn.Config(
-        app,
-        host=settings.host,
-        port=settings.port,
-        lifespan="on",
-        # h11, not httptools: httptools turns an absolute-form target (GET http://h/x) into
-        # its path before the proxy sees it, where h11 keeps it to be refused (400) as the
-        # other non-origin forms are; httptools showed no measurable gain here.
-        http="h11",
-        log_config=_logging(args.log_level),
-        access_log=False,
-        timeout_graceful_shutdown=args.graceful_timeout,
-        server_header=False,
-        date_header=False,
-    )
+    config = server_config(app, settings, args.log_level, args.graceful_timeout)
     server = uvicorn.Server(config)
     server.run()
     return 0 if server.started else 1

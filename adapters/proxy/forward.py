@@ -17,6 +17,7 @@ from typing import Any
 import httpx
 
 from crossrank.adapters.proxy.errors import BadRequest, UpstreamError
+from crossrank.adapters.proxy.http1 import Http1Transport
 from crossrank.adapters.proxy.pool import UpstreamNode, UpstreamPool, sniffed_nodes
 from crossrank.adapters.proxy.settings import ProxySettings
 from crossrank.reranker.errors import MalformedInputError
@@ -80,8 +81,9 @@ _DROPPED = (httpx.ReadError, httpx.WriteError, httpx.RemoteProtocolError)
 class Upstream:
     """The engine behind the proxy: one or more nodes, one HTTP connection pool.
 
-    Requests go through the httpx transport directly (the client layer's redirects, cookies
-    and auth flows cost ~0.7 ms a request and are not wanted here). A node that cannot be
+    Requests go through an httpx transport directly (the client layer's redirects, cookies
+    and auth flows cost ~0.7 ms a request and are not wanted here): :class:`.http1.Http1Transport`
+    unless one is given (tests give ``httpx.MockTransport``). A node that cannot be
     reached is marked dead in the :class:`~.pool.UpstreamPool` and the request tried on
     another: any request that failed to connect, and a ``retry``-safe one (a search) whose
     connection broke after it was sent. Optional sniffing (``_nodes/_all/http``) at start and
@@ -105,10 +107,8 @@ class Upstream:
             "write": settings.upstream_timeout,
             "pool": settings.upstream_timeout,
         }
-        self.transport = transport or httpx.AsyncHTTPTransport(
-            verify=ssl_context(settings),
-            limits=httpx.Limits(max_connections=256, max_keepalive_connections=64),
-            trust_env=False,
+        self.transport = transport or Http1Transport(
+            verify=ssl_context(settings), max_connections=256, max_keepalive=64
         )
         self._on_failure = on_failure
         self._retry_status = frozenset(settings.retry_on_status)
@@ -128,7 +128,7 @@ class Upstream:
         """``target`` on ``node``: built from parts, so the host is the node's whatever the
         target holds."""
         try:
-            return node.url.copy_with(raw_path=node.prefix + target)
+            return node.url_for(target)
         except (httpx.InvalidURL, UnicodeError) as exc:
             raise BadRequest(f"invalid request target: {exc}") from None
 
