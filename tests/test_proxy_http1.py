@@ -318,3 +318,36 @@ async def test_an_answer_given_up_early_closes_its_connection() -> None:
         assert len(body) == 500_000
         await transport.aclose()
     assert node.connections == 2
+
+
+@pytest.mark.parametrize("trusted", [True, False])
+async def test_tls_nodes_are_verified_against_the_given_ca(trusted: bool) -> None:
+    import ssl
+
+    import trustme
+
+    ca = trustme.CA()
+    server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("localhost").configure_cert(server_ctx)
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while (request := await _read_request(reader)) is not None:
+            writer.write(ok(b"secret")(request) or b"")
+            await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(serve, "127.0.0.1", 0, ssl=server_ctx)
+    url = f"https://localhost:{server.sockets[0].getsockname()[1]}/"
+    client_ctx = ssl.create_default_context()
+    if trusted:
+        ca.configure_trust(client_ctx)
+    transport = Http1Transport(verify=client_ctx)
+    if trusted:
+        for _ in range(2):
+            _, body = await _send(transport, url)
+            assert body == b"secret"
+    else:
+        with pytest.raises(httpx.ConnectError, match="CERTIFICATE_VERIFY_FAILED"):
+            await _send(transport, url)
+    await transport.aclose()
+    server.close()
