@@ -1,19 +1,29 @@
-"""The floor of one more hop: crossrank's proxy (reranking off) against a raw TCP relay and a
-minimal aiohttp proxy (server and client, no checks), interleaved with direct calls to one
-OpenSearch 2.19.6 node (a one-document index, `size: 10`), 1,100 timed requests each.
+"""The floor of one more hop: crossrank's proxy (``crossrank proxy --disable``: reranking off)
+against a raw TCP relay and a minimal aiohttp proxy (server and client, no checks),
+interleaved with direct calls to one OpenSearch 2.19.6 node (a one-document index, `size: 10`),
+1,100 timed requests each.
 
-    python benchmarks/bench_proxy_floor.py
+``--stacks`` adds the same proxy application on other HTTP stacks, to show where the time
+goes: uvicorn with h11 or with plain httptools, granian (a Rust ASGI server), each with httpx's
+own transport or an aiohttp one (``httpx-aiohttp``); those that are not installed are skipped
+with a line saying so (``pip install granian httpx-aiohttp`` for all of them).
+
+    python benchmarks/bench_proxy_floor.py [--stacks]
 """
 
 # ruff: noqa: E501
+import argparse
+import importlib.util
+import os
 import subprocess
 import sys
+import tempfile
 import time
 
 import httpx
 
 from crossrank.adapters.nodes import EngineNode
-from crossrank.adapters.processes import free_port
+from crossrank.adapters.processes import CrossrankProcess, free_port
 
 RAW = r"""
 import asyncio, sys, uvloop
@@ -50,28 +60,71 @@ async def on_cleanup(app): await app["s"].close()
 app = web.Application(); app.on_startup.append(on_start); app.on_cleanup.append(on_cleanup); app.router.add_route("*", "/{tail:.*}", handle)
 web.run_app(app, host="127.0.0.1", port=port, print=None, access_log=None)
 """
-PROXY = r"""
-import sys, uvicorn
+# The proxy application on another stack: argv = upstream, port, server, transport.
+STACK_APP = r"""
+import os
 from crossrank.adapters.proxy import ProxySettings, create_app
-from crossrank.adapters.proxy.server import ProxyHttpProtocol
 from crossrank.reranker import RerankConfig
-app = create_app(ProxySettings(upstream=sys.argv[1], rerank=RerankConfig(enabled=False), preload=False))
-uvicorn.run(app, host="127.0.0.1", port=int(sys.argv[2]), http=ProxyHttpProtocol, log_level="warning", lifespan="on")
+transport = None
+if os.environ["STACK_TRANSPORT"] == "aiohttp":
+    from httpx_aiohttp import AiohttpTransport
+    transport = AiohttpTransport()
+elif os.environ["STACK_TRANSPORT"] == "httpx":
+    import httpx
+    transport = httpx.AsyncHTTPTransport()
+settings = ProxySettings(upstream=os.environ["STACK_UPSTREAM"], rerank=RerankConfig(enabled=False), preload=False)
+app = create_app(settings, transport=transport)
 """
-with EngineNode("opensearch:2.19.6") as node:
+UVICORN = r"""
+import sys, uvicorn, stack_app
+uvicorn.run(stack_app.app, host="127.0.0.1", port=int(sys.argv[1]), http=sys.argv[2], loop="uvloop", log_level="warning", lifespan="on", proxy_headers=False)
+"""
+GRANIAN = r"""
+import sys
+from granian import Granian
+Granian("stack_app:app", address="127.0.0.1", port=int(sys.argv[1]), interface="asgi", loop="uvloop", log_enabled=False).serve()
+"""
+STACKS = [  # name, server, transport
+    ("uvicorn h11 + httpx", "h11", "httpx"),
+    ("uvicorn httptools + httpx", "httptools", "httpx"),
+    ("uvicorn h11 + aiohttp", "h11", "aiohttp"),
+    ("uvicorn httptools + aiohttp", "httptools", "aiohttp"),
+    ("granian + httpx", "granian", "httpx"),
+    ("granian + aiohttp", "granian", "aiohttp"),
+]
+
+
+def _installed(name: str) -> bool:
+    return importlib.util.find_spec(name) is not None
+
+
+parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+parser.add_argument("--stacks", action="store_true", help="also the proxy on other HTTP stacks")
+stack_runs = parser.parse_args().stacks
+with EngineNode("opensearch:2.19.6") as node, tempfile.TemporaryDirectory() as tmp:
     httpx.put(node.url + "/b", json={"settings": {"number_of_shards": 1}}).raise_for_status()
     httpx.post(node.url + "/b/_doc?refresh=true", json={"text": "hello world"}).raise_for_status()
     host, uport = node.url.removeprefix("http://").split(":")
     procs, urls = [], {}
-    for kind, code, extra in (
-        ("raw", RAW, [host, uport]),
-        ("aiohttp", AIO, [node.url]),
-        ("crossrank", PROXY, [node.url]),
-    ):
+    for kind, code, args in (("raw", RAW, [host, uport]), ("aiohttp", AIO, [node.url])):
         port = free_port()
-        args = [*extra, str(port)] if kind != "raw" else [host, uport, str(port)]
-        procs.append(subprocess.Popen([sys.executable, "-c", code, *args]))
+        procs.append(subprocess.Popen([sys.executable, "-c", code, *args, str(port)]))
         urls[kind] = f"http://127.0.0.1:{port}"
+    crossrank = CrossrankProcess("proxy", ["--upstream", node.url, "--disable", "--log-level", "warning"])
+    urls["crossrank"] = crossrank.start(180.0).url
+    if stack_runs:
+        with open(os.path.join(tmp, "stack_app.py"), "w") as f:
+            f.write(STACK_APP)
+        for name, server, transport in STACKS:
+            missing = [m for m in (("granian",) if server == "granian" else ()) + (("httpx_aiohttp",) if transport == "aiohttp" else ()) if not _installed(m)]
+            if missing:
+                print(f"{name}: skipped, {', '.join(missing)} not installed")
+                continue
+            port = free_port()
+            env = {**os.environ, "STACK_UPSTREAM": node.url, "STACK_TRANSPORT": transport, "PYTHONPATH": tmp}
+            code = GRANIAN if server == "granian" else UVICORN
+            procs.append(subprocess.Popen([sys.executable, "-c", code, str(port), server], env=env, cwd=tmp))
+            urls[name] = f"http://127.0.0.1:{port}"
     for url in urls.values():  # each answers a search through to the engine, or 60 s pass
         deadline = time.monotonic() + 60
         while True:
@@ -92,9 +145,12 @@ with EngineNode("opensearch:2.19.6") as node:
             c.post("/b/_search", json=body).raise_for_status()
             if i >= 100:
                 t[k].append((time.perf_counter() - s) * 1000)
+    direct = sorted(t["direct"])
+    d50, d99 = direct[len(direct) // 2], direct[int(len(direct) * 0.99)]
     for k, v in t.items():
         v.sort()
         p50, p90, p99 = v[len(v) // 2], v[int(len(v) * 0.9)], v[int(len(v) * 0.99)]
-        print(f"{k} p50 {p50:.3f} p90 {p90:.3f} p99 {p99:.3f} ms")
+        print(f"{k:28s} p50 {p50:.3f} (+{p50 - d50:.3f}) p90 {p90:.3f} p99 {p99:.3f} (+{p99 - d99:.3f}) ms")
     for p in procs:
         p.terminate()
+    crossrank.stop()
