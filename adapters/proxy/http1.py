@@ -2,9 +2,9 @@
 httptools (llhttp, in C), behind httpx's transport interface.
 
 Written here, not taken from a library, because the proxy adds its client's cost to every
-search: httpx's default stack (httpcore, anyio, h11 in pure Python) measured about 1 ms a
-request on this path and aiohttp's client about 0.6 ms, against about 0.1 ms for this one
-(benchmarks/README.md, "Proxy overhead"). It speaks only what the proxy needs: requests with a
+search: on this path httpx's default transport (httpcore, anyio, h11 in pure Python) measured
+about 1 ms a request more than this one, and an aiohttp transport about 0.5 ms more
+(``benchmarks/bench_proxy_floor.py --stacks``; benchmarks/README.md, "Proxy overhead"). It speaks only what the proxy needs: requests with a
 body of known length or streamed in chunks; answers framed by Content-Length, chunked, or the
 connection's close; interim 1xx answers skipped; keep-alive reuse; TLS by asyncio.
 

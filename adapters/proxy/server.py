@@ -8,8 +8,8 @@ what the parser refuses — a malformed request, a request line or headers over 
 limits — with the engine's error JSON (the engines' own limits and texts: a 4,096-byte request
 line, 16,384 bytes of headers, as Elasticsearch's defaults) instead of uvicorn's plain text.
 
-Why not h11: it is pure Python, and measured about 0.35 ms more per request here
-(benchmarks/README.md, "Proxy overhead").
+Why not h11: it is pure Python; with a fast upstream client it measured about 0.3 ms more per
+request (``benchmarks/bench_proxy_floor.py --stacks``; benchmarks/README.md, "Proxy overhead").
 """
 
 from __future__ import annotations
