@@ -4,9 +4,11 @@ httptools (llhttp, in C), behind httpx's transport interface.
 Written here, not taken from a library, because the proxy adds its client's cost to every
 search: on this path httpx's default transport (httpcore, anyio, h11 in pure Python) measured
 about 1 ms a request more than this one, and an aiohttp transport about 0.5 ms more
-(``benchmarks/bench_proxy_floor.py --stacks``; benchmarks/README.md, "Proxy overhead"). It speaks only what the proxy needs: requests with a
-body of known length or streamed in chunks; answers framed by Content-Length, chunked, or the
-connection's close; interim 1xx answers skipped; keep-alive reuse; TLS by asyncio.
+(``benchmarks/bench_proxy_floor.py --stacks``; benchmarks/README.md, "Proxy overhead").
+
+It speaks only what the proxy needs: requests with a body of known length or streamed in
+chunks; answers framed by Content-Length, chunked, or the connection's close; interim 1xx
+answers skipped; keep-alive reuse; TLS by asyncio.
 
 Failures are httpx's exceptions with httpcore's meanings, which :class:`.forward.Upstream`
 relies on to decide what may be retried: ``ConnectError``/``ConnectTimeout`` — nothing was
@@ -219,7 +221,7 @@ class _Connection(asyncio.Protocol):
         if self._drained is not None and not self._drained.done():
             try:
                 await asyncio.wait_for(asyncio.shield(self._drained), timeout)
-            except TimeoutError:
+            except asyncio.TimeoutError:
                 error = httpx.WriteTimeout("timed out writing to the node", request=request)
                 self._fail(error)
                 raise error from None
@@ -400,7 +402,7 @@ class Http1Transport(httpx.AsyncBaseTransport):
             try:
                 left = None if deadline is None else max(0.0, deadline - loop.time())
                 await asyncio.wait_for(waiter, left)
-            except TimeoutError:
+            except asyncio.TimeoutError:
                 raise httpx.PoolTimeout("no connection to the node free", request=request) from None
             finally:
                 if waiter in self._waiters:
@@ -445,7 +447,7 @@ class Http1Transport(httpx.AsyncBaseTransport):
                 ),
                 timeout,
             )
-        except TimeoutError:
+        except asyncio.TimeoutError:
             raise httpx.ConnectTimeout(
                 f"connecting to {host}:{port} timed out", request=request
             ) from None
